@@ -1,0 +1,97 @@
+"""The app's settings namespace: one ``CONSISTENCY`` dict with defaults.
+
+Read it as ``from consistency.conf import app_settings``; like DRF's
+``api_settings`` it is lazy and reloads when a test overrides ``CONSISTENCY``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.signals import setting_changed
+
+DEFAULTS: dict[str, Any] = {
+    # Dimension of the vectors in Milvus' `message_embeddings` collection.
+    "EMBEDDING_DIM": 64,
+    # Names of the analytics database's tables (ClickHouse or chDB).
+    "CLICKHOUSE_DATABASE": None,  # None: the database named in CLICKHOUSE_URL, else "analytics"
+    # Milvus collection that holds message embeddings.
+    "MILVUS_COLLECTION": "message_embeddings",
+    # Seconds the cached entities live in the cache.
+    "CACHE_TTL": 3600,
+    # Field names whose values never appear in reports, drift records, logs or the admin.
+    "SECRET_FIELDS": (
+        "hashed_password",
+        "password",
+        "refresh_token_hash",
+        "token_hash",
+        "encrypted_value",
+        "provider_data",
+        "secret",
+        "api_key",
+    ),
+    # Smallest IBLT sub-table (cells); larger tables decode more drift in one scan.
+    "IBLT_MIN_CELLS": 4096,
+    # Seconds to wait before re-reading a candidate drift (settle and confirm).
+    "SETTLE_SECONDS": 2.0,
+    # An incremental audit starts this many seconds before the last watermark.
+    "INCREMENTAL_MARGIN_SECONDS": 300,
+    # --- System checks (issue 7) ---
+    # Audits run on a Celery beat schedule; warns (consistency.W001) unless beat uses the database scheduler.
+    "SCHEDULED_AUDITS": True,
+    # --- Sync (consistency/sync) ---
+    # What a relayed auth-user delete does to the backend user: "delete" or "deactivate".
+    "SYNC_DELETE": "delete",
+    # Outbox events claimed by one relay batch.
+    "SYNC_BATCH_SIZE": 500,
+    # Analytics changes exported to ClickHouse in one batch.
+    "ANALYTICS_BATCH_SIZE": 5000,
+    # Seconds a cache version counter lives (refreshed on every invalidation).
+    "CACHE_VERSION_TTL": 7 * 24 * 3600,
+    # Seconds an audit lock is held at most (a crashed audit frees it after this).
+    "AUDIT_LOCK_SECONDS": 6 * 3600,
+    # Addresses mailed when a scheduled audit finds new drift; empty: no mail.
+    "ALERT_EMAILS": (),
+    # URL that receives a JSON POST when a scheduled audit finds new drift; None: no webhook.
+    "ALERT_WEBHOOK_URL": None,
+    # Seconds the webhook request may take.
+    "ALERT_WEBHOOK_TIMEOUT": 10.0,
+    # Regular expressions (case-insensitive) for placeholder emails.
+    "PLACEHOLDER_EMAIL_PATTERNS": (
+        r"@example\.(com|org|net)$",
+        r"@(test|invalid|localhost)(\.|$)",
+        r"\.(invalid|test|example|local)$",
+        r"^(placeholder|noreply|no-reply|changeme|unknown)[+._0-9-]*@",
+        r"@placeholder\.",
+    ),
+}
+
+
+class AppSettings:
+    """Attribute access to ``settings.CONSISTENCY`` with DEFAULTS behind it."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, Any] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        if name not in DEFAULTS:
+            raise AttributeError(f"Unknown CONSISTENCY setting: {name!r}")
+        if name not in self._cache:
+            user = getattr(settings, "CONSISTENCY", {}) or {}
+            self._cache[name] = user.get(name, DEFAULTS[name])
+        return self._cache[name]
+
+    def reload(self) -> None:
+        self._cache.clear()
+
+
+app_settings = AppSettings()
+
+
+def _reload(*, setting: str, **kwargs: Any) -> None:
+    if setting == "CONSISTENCY":
+        app_settings.reload()
+
+
+setting_changed.connect(_reload)

@@ -1,0 +1,171 @@
+"""Repairs: plan first, then apply in a transaction, idempotently, and re-verify.
+
+- Row parity, ``source_wins``: insert the missing target row, update the
+  mismatched fields, delete the extra target row.
+- Reference parity: ``delete_orphan`` deletes the child row,
+  ``detach_orphan`` sets its reference to NULL.
+Each action is written so that running it twice changes nothing the second
+time; each repaired key is re-read afterwards and the drift marked repaired
+only if both sides now agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import ExitStack
+from typing import Any
+
+from django.db import models, transaction
+from django.utils import timezone
+
+from consistency.engine.declarations import (
+    Declaration,
+    ReferenceParity,
+    Repair,
+    RowParity,
+    bind_row_parity,
+)
+from consistency.engine.findings import Action, Finding
+from consistency.engine.redact import redact
+from consistency.engine.rowdiff import make_sides
+from consistency.models import Drift, RepairLog
+
+
+def plan(decl: Declaration, findings: Sequence[Finding]) -> list[Action]:
+    """The actions that would repair ``findings``; empty when the check declares no repair."""
+    if getattr(decl, "repair", Repair.NONE) == Repair.NONE:
+        return []
+    return decl.plan_repair(findings)
+
+
+def plan_rows(decl: RowParity, findings: Sequence[Finding]) -> list[Action]:
+    bound = bind_row_parity(decl)
+    table = bound.target_model._meta.db_table
+    secret = [f.label for f in bound.fields if f.secret] + list(decl.copy_on_repair)
+    actions = []
+    for f in findings:
+        if f.kind == "missing":
+            act, changes = "insert", f.source or {}
+        elif f.kind == "mismatch":
+            act, changes = "update", {k: (f.source or {}).get(k) for k in f.fields}
+        elif f.kind == "extra":
+            act, changes = "delete", {}
+        else:
+            continue
+        actions.append(
+            Action(decl.name, f.kind, f.key, act, table, bound.target_alias, redact(changes, secret) or {})
+        )
+    return actions
+
+
+def plan_references(decl: ReferenceParity, findings: Sequence[Finding]) -> list[Action]:
+    child = decl.child.resolve_model(decl.name)
+    alias = decl.child.resolve_alias(decl.name, child)
+    act = "delete" if decl.repair == Repair.DELETE_ORPHAN else "detach"
+    changes: dict[str, Any] = {decl.field: None} if act == "detach" else {}
+    return [
+        Action(decl.name, f.kind, f.key, act, child._meta.db_table, alias, changes)
+        for f in findings
+        if f.kind == "orphan"
+    ]
+
+
+def _source_values(bound: Any, key: str) -> dict[str, Any] | None:
+    source, _ = make_sides(bound)
+    key_values = source.parse_key(key)
+    filters = {f.name: v for f, v in zip(bound.source_key, key_values, strict=True)}
+    names = [f.source.attname for f in bound.fields] + list(bound.decl.copy_on_repair)
+    row = (
+        bound.source_model._default_manager.using(bound.source_alias).filter(**filters).values(*names).first()
+    )
+    if row is None:
+        return None
+    out = {f.target.attname: row[f.source.attname] for f in bound.fields}
+    out.update({name: row[name] for name in bound.decl.copy_on_repair})
+    return out
+
+
+def apply_row(decl: RowParity, action: Action) -> str:
+    bound = bind_row_parity(decl)
+    model: type[models.Model] = bound.target_model
+    _, target = make_sides(bound)
+    key_values = target.parse_key(action.key)
+    filters = {f.name: v for f, v in zip(bound.target_key, key_values, strict=True)}
+    manager = model._default_manager.using(bound.target_alias)
+    if action.action == "delete":
+        deleted, _ = manager.filter(**filters).delete()
+        return f"deleted {deleted}"
+    values = _source_values(bound, action.key)
+    if values is None:
+        return "source row is gone; nothing to copy"
+    if action.action == "insert" and not manager.filter(**filters).exists():
+        model(**filters, **values).save(using=bound.target_alias, force_insert=True)
+        return "inserted"
+    updated = manager.filter(**filters).update(**values)
+    return f"updated {updated}"
+
+
+def apply_reference(decl: ReferenceParity, action: Action) -> str:
+    child = decl.child.resolve_model(decl.name)
+    manager = child._default_manager.using(action.alias)
+    rows = manager.filter(pk=child._meta.pk.to_python(action.key))
+    if action.action == "delete":
+        deleted, _ = rows.delete()
+        return f"deleted {deleted}"
+    attname = child._meta.get_field(decl.field).attname  # type: ignore[union-attr]
+    return f"detached {rows.update(**{attname: None})}"
+
+
+def verify_row(decl: RowParity, action: Action) -> bool:
+    source, target = make_sides(bind_row_parity(decl))
+    a = source.rows_by_keys([action.key]).get(action.key)
+    b = target.rows_by_keys([action.key]).get(action.key)
+    return (a is None and b is None) or (a is not None and b is not None and a.fp == b.fp)
+
+
+def verify_reference(decl: ReferenceParity, action: Action) -> bool:
+    child = decl.child.resolve_model(decl.name)
+    rows = child._default_manager.using(action.alias).filter(pk=child._meta.pk.to_python(action.key))
+    if action.action == "delete":
+        return not rows.exists()
+    attname = child._meta.get_field(decl.field).attname  # type: ignore[union-attr]
+    return not rows.exclude(**{f"{attname}__isnull": True}).exists()
+
+
+def execute(
+    decl: Declaration, actions: Sequence[Action], *, user: Any = None, performed_as: str = ""
+) -> list[RepairLog]:
+    """Apply ``actions`` (in one transaction per database alias), then re-verify each key."""
+    if not actions:
+        return []
+    results: list[tuple[Action, str]] = []
+    aliases = {decl.transaction_alias(a) for a in actions}
+    with ExitStack() as stack:
+        for alias in sorted(a for a in aliases if a is not None):
+            stack.enter_context(transaction.atomic(using=alias))
+        for action in actions:
+            results.append((action, decl.apply_repair(action)))
+    logs = []
+    now = timezone.now()
+    for action, outcome in results:
+        verified = decl.verify_repair(action)
+        drift = Drift.objects.filter(check_name=decl.name, kind=action.kind, key=action.key).first()
+        if drift is not None and verified:
+            drift.status = Drift.Status.REPAIRED
+            drift.resolved_at = now
+            drift.save(update_fields=["status", "resolved_at"])
+        logs.append(
+            RepairLog.objects.create(
+                drift=drift,
+                check_name=decl.name,
+                key=action.key,
+                action=action.action,
+                plan={"table": action.table, "alias": action.alias, "changes": action.changes},
+                executed=True,
+                verified=verified,
+                result=outcome,
+                performed_by=user if getattr(user, "pk", None) else None,
+                performed_as=performed_as,
+            )
+        )
+    return logs

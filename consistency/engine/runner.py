@@ -1,0 +1,185 @@
+"""Run an audit: execute checks, record the run and its findings.
+
+The management command, the Celery tasks and the admin all call ``run_audit``.
+A check that raises (a store down, a statement timeout) is recorded as failed
+and fails the run: a failure is never reported as 'no drift'.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from django.db import transaction
+from django.utils import timezone
+
+from consistency.conf import app_settings
+from consistency.engine.declarations import (
+    Declaration,
+)
+from consistency.engine.findings import AuditContext, CheckResult, Finding
+from consistency.engine.redact import mask_urls, redact
+from consistency.models import AuditRun, CheckRun, Drift
+
+logger = logging.getLogger("consistency.audit")
+
+ProgressFactory = Callable[[Declaration], Callable[[int], None] | None]
+
+
+@dataclass(frozen=True)
+class AuditOptions:
+    settle: float | None = None  # None: CONSISTENCY["SETTLE_SECONDS"]
+    since: dt.datetime | str | None = None  # a time, "last", or None for a full audit
+    trigger: str = AuditRun.Trigger.COMMAND
+
+
+def resolve_since(decl: Declaration, since: dt.datetime | str | None) -> dt.datetime | None:
+    """The lower bound of an incremental audit of ``decl``; None means a full audit."""
+    if since is None or not decl.supports_incremental:
+        return None
+    if isinstance(since, dt.datetime):
+        return since
+    last = (
+        CheckRun.objects.filter(check_name=decl.name, status__in=["ok", "drift"], watermark__isnull=False)
+        .order_by("-watermark")
+        .values_list("watermark", flat=True)
+        .first()
+    )
+    if last is None:
+        return None  # never audited: the first audit is a full one
+    return last - dt.timedelta(seconds=app_settings.INCREMENTAL_MARGIN_SECONDS)
+
+
+def run_check(decl: Declaration, ctx: AuditContext) -> CheckResult:
+    """Run one check; exceptions propagate to the caller."""
+    findings, figures = decl.audit(ctx)
+    figures = dict(figures)
+    result = CheckResult(name=decl.name, kind=decl.kind, compared=int(figures.pop("compared", 0)))
+    result.figures = figures
+    result.findings = [_redacted(f, decl) for f in findings]
+    result.status = "drift" if result.findings else "ok"
+    return result
+
+
+def _redacted(finding: Finding, decl: Declaration) -> Finding:
+    extra = getattr(decl, "secret", ())
+    return Finding(
+        check=finding.check,
+        kind=finding.kind,
+        key=finding.key,
+        fields=finding.fields,
+        source=redact(finding.source, extra),
+        target=redact(finding.target, extra),
+        detail=mask_urls(finding.detail),
+    )
+
+
+def run_audit(
+    declarations: Sequence[Declaration],
+    options: AuditOptions | None = None,
+    progress_for: ProgressFactory | None = None,
+) -> tuple[AuditRun, list[CheckResult]]:
+    """Run ``declarations`` in order and record everything; return the run and its results."""
+    options = options or AuditOptions()
+    settle = app_settings.SETTLE_SECONDS if options.settle is None else options.settle
+    run = AuditRun.objects.create(
+        trigger=options.trigger,
+        checks=[d.name for d in declarations],
+        mode="incremental" if options.since else "full",
+        since=options.since if isinstance(options.since, dt.datetime) else None,
+    )
+    results: list[CheckResult] = []
+    for decl in declarations:
+        began = time.monotonic()
+        since = resolve_since(decl, options.since)
+        try:
+            ctx = AuditContext(
+                started_at=run.started_at,
+                settle=settle,
+                since=since,
+                progress=progress_for(decl) if progress_for else None,
+            )
+            result = run_check(decl, ctx)
+        except Exception as exc:
+            message = mask_urls(f"{type(exc).__name__}: {exc}".strip())
+            logger.error("check %s failed: %s", decl.name, message)
+            result = CheckResult(name=decl.name, kind=decl.kind, status="error", error=message)
+        result.duration = time.monotonic() - began
+        results.append(result)
+        _record(run, decl, result, incremental=since is not None)
+    statuses = {r.status for r in results}
+    run.status = "error" if "error" in statuses else "drift" if "drift" in statuses else "ok"
+    run.finished_at = timezone.now()
+    run.error = "\n".join(f"{r.name}: {r.error}" for r in results if r.error)
+    run.save(update_fields=["status", "finished_at", "error"])
+    return run, results
+
+
+def _record(run: AuditRun, decl: Declaration, result: CheckResult, *, incremental: bool) -> None:
+    """Store the check's figures and fold its findings into the drift records."""
+    with transaction.atomic():
+        CheckRun.objects.create(
+            run=run,
+            check_name=decl.name,
+            kind=decl.kind,
+            status=result.status,
+            compared=result.compared,
+            segments=result.figures.get("segments", 0),
+            rows_fetched=result.figures.get("rows_fetched", 0),
+            in_flight=result.figures.get("in_flight", 0),
+            drift_count=result.drift_count,
+            duration=result.duration,
+            watermark=run.started_at if result.status != "error" else None,
+            error=result.error or "",
+        )
+        if result.status == "error":
+            return  # a failed check says nothing about its drift: leave the records untouched
+        now = timezone.now()
+        keys = [f.key for f in result.findings]
+        existing = {
+            (d.kind, d.key): d
+            for start in range(0, len(keys), 1000)
+            for d in Drift.objects.filter(check_name=decl.name, key__in=keys[start : start + 1000])
+        }
+        seen: set[tuple[str, str]] = set()
+        for finding in result.findings:
+            seen.add((finding.kind, finding.key))
+            drift = existing.get((finding.kind, finding.key))
+            values = {
+                "fields": list(finding.fields),
+                "source": finding.source,
+                "target": finding.target,
+                "detail": finding.detail,
+                "severity": str(decl.severity),
+                "store": decl.store,
+                "last_seen": now,
+                "last_run": run,
+            }
+            if drift is None:
+                drift, created = Drift.objects.get_or_create(
+                    check_name=decl.name,
+                    kind=finding.kind,
+                    key=finding.key,
+                    defaults={**values, "first_seen": now, "first_run": run},
+                )
+                if created:
+                    continue
+            for name, value in values.items():
+                setattr(drift, name, value)
+            drift.times_seen += 1
+            if drift.status in (Drift.Status.RESOLVED, Drift.Status.REPAIRED):
+                drift.status = Drift.Status.OPEN
+                drift.resolved_at = None
+            elif drift.status == Drift.Status.MUTED and drift.muted_until and drift.muted_until <= now:
+                drift.status = Drift.Status.OPEN
+            drift.save()
+        if not incremental:
+            # A full audit that no longer sees a drift has shown it resolved.
+            gone = Drift.objects.filter(check_name=decl.name).exclude(
+                status__in=[Drift.Status.RESOLVED, Drift.Status.REPAIRED]
+            )
+            stale = [d.pk for d in gone.only("pk", "kind", "key") if (d.kind, d.key) not in seen]
+            Drift.objects.filter(pk__in=stale).update(status=Drift.Status.RESOLVED, resolved_at=now)

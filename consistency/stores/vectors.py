@@ -1,0 +1,316 @@
+"""The vector store: message embeddings in Milvus, through pymilvus' MilvusClient.
+
+``uri`` is a server URL (``http://host:19530``) or a milvus-lite ``.db`` path,
+which pymilvus serves in-process through the milvus_lite package. Reads use
+Strong consistency, so an audit sees every write that returned before it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from project.env import redact_url
+
+from .cached import CachedStore
+from .errors import StoreError
+
+PRIMARY_KEY = "embedding_id"
+MAX_ID_BYTES = 64
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
+_BATCH = 1000
+
+
+_import_lock = threading.Lock()
+
+
+def _pymilvus() -> ModuleType:
+    """pymilvus, imported with a milvus-lite ``MILVUS_URI`` hidden from it."""
+    # pymilvus reads $MILVUS_URI on import as its default server and raises on a .db
+    # path, which this project accepts; every client here is given its URI explicitly.
+    with _import_lock:
+        value = os.environ.get("MILVUS_URI", "")
+        if "://" in value or not value:
+            import pymilvus
+        else:
+            del os.environ["MILVUS_URI"]
+            try:
+                import pymilvus
+            finally:
+                os.environ["MILVUS_URI"] = value
+    return pymilvus
+
+
+def _literal(value: str) -> str:
+    # Milvus reads JSON-style escapes; pymilvus' own `ids=` quoting leaves `\` and `"` raw.
+    return json.dumps(str(value), ensure_ascii=False)
+
+
+def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    it = iter(items)
+    while chunk := list(itertools.islice(it, size)):
+        yield chunk
+
+
+# pymilvus pings every 10 s even when idle; a gRPC server's default policy (the
+# milvus-lite server's too) allows one ping in 5 minutes and answers more with
+# GOAWAY "too many pings", after which the cached client cannot reconnect.
+GRPC_OPTIONS = {"grpc.keepalive_time_ms": 300_000, "grpc.keepalive_permit_without_calls": False}
+
+
+class VectorStore:
+    """One Milvus collection of ``embedding_id`` -> (``message_id``, ``vector``)."""
+
+    kind = "milvus"
+
+    #: Loading a collection rebuilds its index in memory (in milvus-lite, in Python):
+    #: minutes on a loaded machine, where a request takes milliseconds.
+    LOAD_TIMEOUT = 180.0
+
+    def __init__(self, uri: str, collection: str, dim: int, *, timeout: float = 30) -> None:
+        if not _NAME.match(collection):
+            raise ValueError(f"Milvus collection name {collection!r} must be letters, digits and underscores")
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+            raise ValueError(f"embedding dimension must be a positive int, got {dim!r}")
+        if "://" not in uri and not uri.endswith(".db"):
+            raise ValueError(
+                f"Milvus URI {uri!r} must be http(s)://host:port or a milvus-lite path ending in .db"
+            )
+        self.uri = uri
+        self.collection = collection
+        self.dim = dim
+        self.timeout = timeout
+        self._client: Any = None
+        self._loaded = False
+        self._lock = threading.Lock()
+
+    def _fail(self, action: str, exc: BaseException) -> StoreError:
+        message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+        return StoreError(
+            self.kind, f"{action} {self.collection} at {redact_url(self.uri)} failed: {message}"
+        )
+
+    def _connect(self) -> Any:
+        with self._lock:
+            if self._client is None:
+                if "://" not in self.uri:
+                    Path(self.uri).parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    self._client = _pymilvus().MilvusClient(
+                        self.uri, timeout=self.timeout, grpc_options=GRPC_OPTIONS
+                    )
+                except Exception as exc:
+                    raise self._fail("connect for", exc) from exc
+            return self._client
+
+    def _call(self, action: str, method: str, *args: Any, **kwargs: Any) -> Any:
+        client = self._connect()
+        if method == "query" and not self._loaded:
+            # A collection is 'released' in a new process (a milvus-lite file always
+            # is) until loaded; loading a loaded collection changes nothing.
+            self._call(
+                "load", "load_collection", self.collection, timeout=max(self.timeout, self.LOAD_TIMEOUT)
+            )
+            self._loaded = True
+        kwargs.setdefault("timeout", self.timeout)
+        try:
+            return getattr(client, method)(*args, **kwargs)
+        except StoreError:
+            raise
+        except Exception as exc:
+            raise self._fail(action, exc) from exc
+
+    def ensure_collection(self) -> bool:
+        """Create and load the collection if missing; True if created, False if it existed."""
+        pymilvus = _pymilvus()
+        if self._call("look up", "has_collection", self.collection):
+            found = self.dimension()
+            if found != self.dim:
+                raise StoreError(
+                    self.kind,
+                    f"collection {self.collection} has vectors of dimension {found}, expected {self.dim} "
+                    "(EMBEDDING_DIM); drop it or fix the setting",
+                )
+            self._call(
+                "load", "load_collection", self.collection, timeout=max(self.timeout, self.LOAD_TIMEOUT)
+            )
+            return False
+        kinds = pymilvus.DataType
+        schema = pymilvus.MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field(PRIMARY_KEY, kinds.VARCHAR, is_primary=True, max_length=MAX_ID_BYTES)
+        schema.add_field("message_id", kinds.VARCHAR, max_length=MAX_ID_BYTES)
+        schema.add_field("vector", kinds.FLOAT_VECTOR, dim=self.dim)
+        # A collection without a vector index cannot be loaded, hence not queried.
+        index = self._connect().prepare_index_params()
+        index.add_index(field_name="vector", index_type="AUTOINDEX", metric_type="COSINE")
+        self._call(
+            "create",
+            "create_collection",
+            self.collection,
+            schema=schema,
+            index_params=index,
+            consistency_level="Strong",
+        )
+        return True
+
+    def exists(self) -> bool:
+        """True when the collection exists."""
+        return bool(self._call("look up", "has_collection", self.collection))
+
+    def dimension(self) -> int:
+        """The dimension of the existing collection's vector field."""
+        described = self._call("describe", "describe_collection", self.collection)
+        for field in described.get("fields", []):
+            if field.get("name") == "vector":
+                return int(field["params"]["dim"])
+        raise StoreError(self.kind, f"collection {self.collection} has no `vector` field")
+
+    def upsert(self, rows: Iterable[dict[str, Any]], batch_size: int = _BATCH) -> int:
+        """Insert or replace rows (``embedding_id``, ``message_id``, ``vector``); return the count."""
+        total = 0
+        for chunk in _chunks(rows, batch_size):
+            data = [self._checked(row) for row in chunk]
+            result = self._call("upsert into", "upsert", self.collection, data)
+            total += int(result.get("upsert_count", len(data)))
+        return total
+
+    def _checked(self, row: dict[str, Any]) -> dict[str, Any]:
+        missing = {PRIMARY_KEY, "message_id", "vector"} - set(row)
+        if missing:
+            raise ValueError(f"vector row {row.get(PRIMARY_KEY)!r} lacks {', '.join(sorted(missing))}")
+        vector = [float(x) for x in row["vector"]]
+        if len(vector) != self.dim:
+            raise ValueError(
+                f"vector row {row[PRIMARY_KEY]!r} has dimension {len(vector)}, expected {self.dim}"
+            )
+        keys = {PRIMARY_KEY: str(row[PRIMARY_KEY]), "message_id": str(row["message_id"])}
+        for field, value in keys.items():
+            if len(value.encode()) > MAX_ID_BYTES:
+                raise ValueError(f"{field} {value!r} is longer than {MAX_ID_BYTES} bytes")
+        return {**keys, "vector": vector}
+
+    def _ids_filter(self, ids: Sequence[str]) -> str:
+        return f"{PRIMARY_KEY} in [{', '.join(_literal(i) for i in ids)}]"
+
+    def get(self, ids: Sequence[str]) -> list[dict[str, Any]]:
+        """The rows for ``ids`` that exist, as dicts with a list-of-float ``vector``."""
+        found: list[dict[str, Any]] = []
+        for chunk in _chunks(ids, _BATCH):
+            rows = self._call(
+                "read from",
+                "query",
+                self.collection,
+                filter=self._ids_filter(chunk),
+                output_fields=[PRIMARY_KEY, "message_id", "vector"],
+                consistency_level="Strong",
+            )
+            found.extend(
+                {
+                    PRIMARY_KEY: r[PRIMARY_KEY],
+                    "message_id": r["message_id"],
+                    "vector": [float(x) for x in r["vector"]],
+                }
+                for r in rows
+            )
+        return found
+
+    def delete(self, ids: Sequence[str]) -> int:
+        """Delete ``ids``; return how many existed (Milvus itself echoes every id asked for)."""
+        deleted = 0
+        for chunk in _chunks(ids, _BATCH):
+            present = [
+                r[PRIMARY_KEY]
+                for r in self._call(
+                    "read from",
+                    "query",
+                    self.collection,
+                    filter=self._ids_filter(chunk),
+                    output_fields=[PRIMARY_KEY],
+                    consistency_level="Strong",
+                )
+            ]
+            if present:
+                self._call("delete from", "delete", self.collection, filter=self._ids_filter(present))
+                deleted += len(present)
+        return deleted
+
+    def count(self) -> int:
+        """Live rows in the collection (deletes counted, unlike the collection statistics)."""
+        rows = self._call(
+            "count",
+            "query",
+            self.collection,
+            filter="",
+            output_fields=["count(*)"],
+            consistency_level="Strong",
+        )
+        return int(rows[0]["count(*)"])
+
+    def iter_ids(self, batch_size: int = 5000) -> Iterator[list[tuple[str, str]]]:
+        """Yield every (embedding_id, message_id) once, ``batch_size`` at a time, in key order."""
+        if not 1 <= batch_size <= 16384:
+            raise ValueError(f"batch_size must be between 1 and 16384 (Milvus' limit), got {batch_size}")
+        last: str | None = None
+        while True:
+            # Ranged pages by key. `iterator`/`reduce_stop_for_best` are what pymilvus'
+            # own query_iterator sends to get pages sorted by key; its cursor, though,
+            # is not escaped, so ids holding `"` or `\` would break it.
+            rows = self._call(
+                "iterate over",
+                "query",
+                self.collection,
+                filter="" if last is None else f"{PRIMARY_KEY} > {_literal(last)}",
+                output_fields=[PRIMARY_KEY, "message_id"],
+                limit=batch_size,
+                iterator="True",
+                reduce_stop_for_best="True",
+                consistency_level="Strong",
+            )
+            if not rows:
+                return
+            batch = [(r[PRIMARY_KEY], r["message_id"]) for r in rows]
+            keys = [key.encode() for key, _ in batch]
+            if keys != sorted(keys) or (last is not None and keys[0] <= last.encode()):
+                raise StoreError(self.kind, f"{self.collection}: the server returned a page out of key order")
+            yield batch
+            last = batch[-1][0]
+
+    def drop(self) -> None:
+        """Drop the collection if it exists (tests and rebuilds)."""
+        if self._call("look up", "has_collection", self.collection):
+            self._call("drop", "drop_collection", self.collection)
+        self._loaded = False
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+
+
+def _vectors_key() -> tuple[str, str, int]:
+    from django.conf import settings
+
+    from consistency.conf import app_settings
+
+    return settings.MILVUS_URI, app_settings.MILVUS_COLLECTION, app_settings.EMBEDDING_DIM
+
+
+_stores: CachedStore[VectorStore] = CachedStore(_vectors_key, VectorStore, ("MILVUS_URI", "CONSISTENCY"))
+
+
+def get_vectors() -> VectorStore:
+    """The process-wide store for MILVUS_URI and the CONSISTENCY collection settings."""
+    return _stores.get()
+
+
+def close_vectors() -> None:
+    """Close and forget the cached store; the next get_vectors() builds a new one."""
+    _stores.close()

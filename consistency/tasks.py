@@ -1,0 +1,80 @@
+"""Celery tasks: thin wrappers over the sync services (``consistency.sync``).
+
+``acks_late`` only where a redelivery is harmless: the relay and the export
+are idempotent, an invalidation can repeat, an alert checks ``sent_at``. The
+audit is not acked late: a worker lost mid-audit is covered by the next schedule.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import shared_task
+
+from consistency.stores.errors import StoreError
+from consistency.sync import alerts, analytics, audits, cache, relay
+
+
+@shared_task(name="consistency.relay_outbox", acks_late=True, soft_time_limit=120, time_limit=150)
+def relay_outbox(limit: int | None = None) -> dict[str, int]:
+    """Relay pending auth-user events (triggered after each commit on ``auth``)."""
+    return relay.relay_pending(limit, max_batches=20).__dict__
+
+
+@shared_task(name="consistency.sweep_outbox", acks_late=True, soft_time_limit=240, time_limit=300)
+def sweep_outbox() -> dict[str, int]:
+    """The periodic sweep: relays whatever a lost trigger left behind."""
+    return relay.relay_pending().__dict__
+
+
+@shared_task(
+    name="consistency.export_analytics",
+    acks_late=True,
+    autoretry_for=(StoreError,),
+    retry_backoff=2,
+    retry_backoff_max=120,
+    retry_jitter=False,
+    max_retries=None,
+    soft_time_limit=240,
+    time_limit=300,
+)
+def export_analytics(limit: int | None = None) -> int:
+    """Export pending message and tool-usage changes; retried with backoff while ClickHouse is down."""
+    return analytics.export_pending(limit)
+
+
+@shared_task(
+    name="consistency.invalidate_cache_keys",
+    acks_late=True,
+    autoretry_for=(Exception,),
+    retry_backoff=1,
+    retry_backoff_max=60,
+    max_retries=20,
+    soft_time_limit=30,
+    time_limit=60,
+)
+def invalidate_cache_keys(keys: list[str]) -> int:
+    """Retry an invalidation that failed after commit."""
+    cache.invalidate(keys)
+    return len(keys)
+
+
+@shared_task(name="consistency.scheduled_audit", soft_time_limit=6 * 3600 - 300, time_limit=6 * 3600)
+def scheduled_audit(full: bool = False, checks: list[str] | None = None) -> dict[str, Any]:
+    """An audit started by beat: incremental (``since="last"``) or full; skips locked checks."""
+    return audits.scheduled_audit(full=full, checks=checks or ()).as_dict()
+
+
+@shared_task(
+    name="consistency.send_alert",
+    acks_late=True,
+    autoretry_for=(Exception,),
+    retry_backoff=2,
+    retry_backoff_max=600,
+    max_retries=10,
+    soft_time_limit=60,
+    time_limit=90,
+)
+def send_alert(alert_id: int) -> bool:
+    """Send one new-drift alert (mail or webhook) unless already sent."""
+    return alerts.send(alert_id)

@@ -1,0 +1,154 @@
+"""Read the deployment's configuration from the environment.
+
+django-environ does the parsing; this module adds what it leaves out: a scheme
+must be one we can serve, and every refusal names the variable that caused it,
+so a typo in ``AUTH_DATABASE_URL`` stops start-up with that name on screen.
+Unset variables fall back to the embedded default (files under ``VAR_DIR``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+env = environ.Env()
+
+DATABASE_SCHEMES = {
+    "postgres": "django.db.backends.postgresql",
+    "postgresql": "django.db.backends.postgresql",
+    "pgsql": "django.db.backends.postgresql",
+    "sqlite": "django.db.backends.sqlite3",
+}
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+CLICKHOUSE_SCHEMES = ("clickhouse", "clickhouses", "chdb")
+MILVUS_SCHEMES = ("http", "https", "tcp", "grpc")
+BROKER_SCHEMES = ("redis", "rediss", "amqp", "amqps", "pyamqp")
+
+
+def _refuse(name: str, value: str, why: str) -> ImproperlyConfigured:
+    shown = redact_url(value)
+    return ImproperlyConfigured(f"{name}={shown!r} is not usable: {why}")
+
+
+def redact_url(value: str) -> str:
+    """Return ``value`` with any password in its URL replaced by ``***``."""
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return "<unparsable>"
+    if parts.password is None:
+        return value
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
+def _scheme(name: str, value: str, allowed: tuple[str, ...] | dict[str, str]) -> str:
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError on a non-numeric port
+    except ValueError as exc:
+        raise _refuse(name, value, f"unparsable URL ({exc})") from exc
+    if not parts.scheme:
+        raise _refuse(name, value, "not a URL (no scheme://)")
+    if parts.scheme not in allowed:
+        expected = ", ".join(f"{s}://" for s in allowed)
+        raise _refuse(name, value, f"unknown scheme {parts.scheme!r}; expected one of {expected}")
+    return parts.scheme
+
+
+def var_dir() -> Path:
+    """Folder for the embedded default's files (SQLite, chDB, milvus-lite)."""
+    base = Path(__file__).resolve().parent.parent
+    path = Path(os.environ.get("VAR_DIR") or base / "var")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def database(name: str, default_file: str) -> dict[str, object]:
+    """A DATABASES entry from ``name``, or an SQLite file under VAR_DIR when unset."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return {"ENGINE": DATABASE_SCHEMES["sqlite"], "NAME": str(var_dir() / default_file)}
+    scheme = _scheme(name, value, DATABASE_SCHEMES)
+    try:
+        config = env.db_url_config(value)
+    except (ValueError, KeyError) as exc:
+        raise _refuse(name, value, str(exc)) from exc
+    config["ENGINE"] = DATABASE_SCHEMES[scheme]
+    if not config.get("NAME"):
+        raise _refuse(name, value, "no database name in the path")
+    if scheme != "sqlite":
+        options = dict(config.get("OPTIONS") or {})
+        options.setdefault("connect_timeout", env.int("DATABASE_CONNECT_TIMEOUT", default=5))
+        config["OPTIONS"] = options
+    return config
+
+
+def cache(name: str) -> dict[str, object]:
+    """The default cache: django-redis for ``name``, local memory when unset."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "consistency"}
+    _scheme(name, value, REDIS_SCHEMES)
+    return {
+        "BACKEND": "django_redis.cache.RedisCache",
+        "LOCATION": value,
+        "OPTIONS": {
+            "CLIENT_CLASS": "django_redis.client.DefaultClient",
+            "SERIALIZER": "django_redis.serializers.json.JSONSerializer",
+            "SOCKET_CONNECT_TIMEOUT": 5,
+            "SOCKET_TIMEOUT": 5,
+        },
+    }
+
+
+def clickhouse(name: str) -> str:
+    """The analytics store URL; ``chdb://`` under VAR_DIR when unset."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return f"chdb://{var_dir() / 'chdb'}"
+    _scheme(name, value, CLICKHOUSE_SCHEMES)
+    return value
+
+
+def milvus(name: str) -> str:
+    """The vector store URI: a server URL, or a milvus-lite ``.db`` path (the default)."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return str(var_dir() / "milvus.db")
+    if "://" not in value:
+        if not value.endswith(".db"):
+            raise _refuse(name, value, "a milvus-lite path must end in .db")
+        return value
+    _scheme(name, value, MILVUS_SCHEMES)
+    return value
+
+
+def broker(name: str) -> str | None:
+    """The Celery broker URL, or None to run tasks in-process."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return None
+    _scheme(name, value, BROKER_SCHEMES)
+    return value
+
+
+def boolean(name: str, default: bool) -> bool:
+    value = os.environ.get(name, "").strip().lower()
+    if not value:
+        return default
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ImproperlyConfigured(f"{name}={value!r} is not usable: expected true or false")
+
+
+def hosts(name: str, default: list[str]) -> list[str]:
+    if not os.environ.get(name, "").strip():
+        return default
+    return [host.strip() for host in env.list(name) if host.strip()]

@@ -1,0 +1,190 @@
+"""The relay, with a real worker on the real broker: each sync case ends in the right backend state."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+
+import pytest
+from django.core.cache import caches
+from django.db import transaction
+from django.test import override_settings
+from django.utils import timezone
+
+from consistency.auth_service.models import AuthSession, AuthUser, Outbox
+from consistency.backend.models import User
+from consistency.cachekeys import auth_session_key, auth_user_key, backend_user_key
+from consistency.models import UserSyncState
+from consistency.sync import auth_users, relay
+from consistency.sync.cache import read_auth_session, read_auth_user, read_backend_user
+from consistency.tasks import sweep_outbox
+from tests.sync.conftest import purge_broker, sync_db, wait_until
+
+pytestmark = sync_db
+
+
+def backend(user_id: str) -> User | None:
+    return User.objects.filter(pk=user_id).first()
+
+
+def synced(user_id: str, **expected: object) -> bool:
+    user = backend(user_id)
+    return user is not None and all(getattr(user, k) == v for k, v in expected.items())
+
+
+def test_relay__create_update_deactivate_reach_the_backend(worker: object) -> None:
+    auth_users.create_user(email="Ada@Corp.io", user_id="u1", full_name="Ada", hashed_password="h1")
+    wait_until(
+        lambda: synced("u1", email="Ada@Corp.io", full_name="Ada", hashed_password="h1"), what="create"
+    )
+
+    auth_users.update_user("u1", full_name="Ada Lovelace")  # a partial update
+    wait_until(lambda: synced("u1", full_name="Ada Lovelace", email="Ada@Corp.io"), what="update")
+
+    auth_users.deactivate_user("u1")
+    wait_until(lambda: synced("u1", is_active=False), what="deactivate")
+    assert UserSyncState.objects.get(pk="u1").version == 3
+    wait_until(lambda: relay.pending_count() == 0, what="outbox drained")
+
+
+def _session(user_id: str, sid: str) -> AuthSession:
+    return AuthSession.objects.create(
+        id=sid, user_id=user_id, refresh_token_hash="x", expires_at=timezone.now() + dt.timedelta(days=1)
+    )
+
+
+@pytest.mark.parametrize("mode", ["delete", "deactivate"])
+def test_relay__delete_cascades(worker: object, mode: str) -> None:
+    auth_users.create_user(email="del@corp.io", user_id="u-del")
+    wait_until(lambda: synced("u-del"), what="create")
+    _session("u-del", "s1")
+    # Fill the caches the delete must drop.
+    assert read_backend_user("u-del") is not None
+    assert read_auth_user("u-del") is not None
+    assert read_auth_session("s1") is not None
+
+    with override_settings(CONSISTENCY={"SETTLE_SECONDS": 0.0, "SYNC_DELETE": mode}):
+        auth_users.delete_user("u-del")
+        if mode == "delete":
+            wait_until(lambda: backend("u-del") is None, what="backend delete")
+        else:
+            wait_until(lambda: synced("u-del", is_active=False), what="backend deactivate")
+        wait_until(lambda: relay.pending_count() == 0, what="outbox drained")
+    session = AuthSession.objects.get(pk="s1")
+    assert (session.is_active, session.revoked_at is not None) == (False, True)
+    cache = caches["default"]
+    assert [
+        cache.get(k) for k in (backend_user_key("u-del"), auth_user_key("u-del"), auth_session_key("s1"))
+    ] == [
+        None,
+        None,
+        None,
+    ]
+
+
+def test_relay__duplicate_and_out_of_order_events_end_in_the_same_state() -> None:
+    """No worker: the relay is driven directly, so the order is chosen by the test."""
+    auth_users.create_user(email="dup@corp.io", user_id="u-dup", full_name="v1")
+    auth_users.update_user("u-dup", full_name="v2")
+    create, update = Outbox.objects.filter(user_id="u-dup").order_by("version")
+
+    # An update for a user not yet synced: applied first, it creates the user with its full state.
+    assert relay.apply_event(update) is True
+    assert synced("u-dup", full_name="v2", email="dup@corp.io")
+    # The older create arrives late, then again (a duplicate): both ignored.
+    assert relay.apply_event(create) is False
+    assert relay.apply_event(create) is False
+    assert relay.apply_event(update) is False
+    assert synced("u-dup", full_name="v2")
+    assert UserSyncState.objects.get(pk="u-dup").version == 2
+
+
+def test_relay__broker_down_loses_nothing_the_sweep_relays_it() -> None:
+    """Changes made while no worker runs and the triggers are lost; the sweep delivers them once."""
+    for i in range(5):
+        auth_users.create_user(email=f"down{i}@corp.io", user_id=f"u-down{i}")
+    auth_users.update_user("u-down0", full_name="changed while down")
+    purge_broker()  # the after-commit triggers are gone, as if the broker had lost them
+    assert relay.pending_count() == 6
+    assert User.objects.filter(pk__startswith="u-down").count() == 0
+
+    from celery.contrib.testing.worker import start_worker
+
+    from project.celery import app
+
+    with start_worker(app, pool="solo", perform_ping_check=False):
+        sweep_outbox.delay()
+        wait_until(lambda: relay.pending_count() == 0, what="sweep")
+    assert User.objects.filter(pk__startswith="u-down").count() == 5
+    assert synced("u-down0", full_name="changed while down")
+    assert set(Outbox.objects.values_list("attempts", flat=True)) == {1}
+
+
+def test_relay__unreachable_broker_trigger_does_not_fail_the_write(monkeypatch: pytest.MonkeyPatch) -> None:
+    from project.celery import app
+
+    purge_broker()
+    # Celery reads CELERY_BROKER_URL from the environment before its settings.
+    monkeypatch.setenv("CELERY_BROKER_URL", "redis://127.0.0.1:1/0")
+    app.close()  # drop pooled connections to the real broker
+    try:
+        assert app.connection_for_write().port == 1
+        user = auth_users.create_user(email="nobroker@corp.io", user_id="u-nobroker")
+    finally:
+        monkeypatch.undo()
+        app.close()
+    assert AuthUser.objects.filter(pk=user.pk).exists()
+    assert relay.pending_count() == 1  # the trigger was lost; the event waits for the sweep
+    assert relay.relay_pending().applied == 1
+    assert synced("u-nobroker")
+
+
+def test_relay__two_concurrent_relays_never_process_one_event_twice() -> None:
+    auth_users.bulk_create_users([AuthUser(id=f"u-c{i:03}", email=f"c{i}@corp.io") for i in range(200)])
+    results: list[relay.RelayResult] = []
+    barrier = threading.Barrier(2)
+
+    def run() -> None:
+        barrier.wait()
+        try:
+            results.append(relay.relay_pending(limit=20))
+        finally:
+            from django.db import connections
+
+            connections.close_all()
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert sum(r.claimed for r in results) == 200
+    assert sum(r.applied for r in results) == 200
+    assert set(Outbox.objects.values_list("attempts", flat=True)) == {1}
+    assert User.objects.filter(pk__startswith="u-c").count() == 200
+
+
+def test_relay__a_relay_dying_after_the_backend_commit_duplicates_nothing() -> None:
+    for i in range(4):
+        auth_users.create_user(email=f"k{i}@corp.io", user_id=f"u-k{i}", full_name=f"k{i}")
+
+    # A relay that applies two events and dies before its claim commits.
+    def relay_two_then_die() -> None:
+        with transaction.atomic(using="auth"):
+            claimed = list(Outbox.objects.select_for_update(skip_locked=True).order_by("id"))
+            for event in claimed[:2]:
+                relay.apply_event(event)
+            raise RuntimeError("worker killed")
+
+    with pytest.raises(RuntimeError):
+        relay_two_then_die()
+    assert relay.pending_count() == 4
+    result = relay.relay_pending()
+    assert (result.applied, result.stale) == (2, 2)
+    assert sorted(User.objects.filter(pk__startswith="u-k").values_list("full_name", flat=True)) == [
+        "k0",
+        "k1",
+        "k2",
+        "k3",
+    ]
+    assert relay.pending_count() == 0
