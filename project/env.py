@@ -83,9 +83,40 @@ def database(name: str, default_file: str) -> dict[str, object]:
         raise _refuse(name, value, "no database name in the path")
     if scheme != "sqlite":
         options = dict(config.get("OPTIONS") or {})
-        options.setdefault("connect_timeout", env.int("DATABASE_CONNECT_TIMEOUT", default=5))
+        options.setdefault("connect_timeout", number("DATABASE_CONNECT_TIMEOUT", 5, minimum=1))
+        options.update(statement_timeout_options(number("DATABASE_STATEMENT_TIMEOUT", 900)))
+        pool_size = number("DATABASE_POOL_MAX_SIZE", 0)
+        if pool_size:
+            # psycopg's pool through Django's `pool` option; a request that cannot get a
+            # connection within DATABASE_POOL_TIMEOUT seconds fails instead of waiting forever.
+            options["pool"] = {
+                "min_size": 1,
+                "max_size": int(pool_size),
+                "timeout": number("DATABASE_POOL_TIMEOUT", 10, minimum=0.1),
+            }
         config["OPTIONS"] = options
     return config
+
+
+def statement_timeout_options(seconds: float) -> dict[str, str]:
+    """libpq options that make the server cancel a statement after ``seconds`` (0: never)."""
+    if not seconds:
+        return {}
+    return {"options": f"-c statement_timeout={round(seconds * 1000)}"}
+
+
+def number(name: str, default: float, minimum: float = 0) -> float:
+    """A non-negative number of seconds (or a count) from ``name``, refusing anything else by name."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        parsed = float(value)
+    except ValueError:
+        parsed = float("nan")
+    if not parsed >= minimum or parsed == float("inf"):
+        raise ImproperlyConfigured(f"{name}={value!r} is not usable: expected a number >= {minimum:g}")
+    return int(parsed) if parsed.is_integer() else parsed
 
 
 def cache(name: str) -> dict[str, object]:
@@ -100,8 +131,8 @@ def cache(name: str) -> dict[str, object]:
         "OPTIONS": {
             "CLIENT_CLASS": "django_redis.client.DefaultClient",
             "SERIALIZER": "django_redis.serializers.json.JSONSerializer",
-            "SOCKET_CONNECT_TIMEOUT": 5,
-            "SOCKET_TIMEOUT": 5,
+            "SOCKET_CONNECT_TIMEOUT": number("REDIS_CONNECT_TIMEOUT", 5, minimum=0.1),
+            "SOCKET_TIMEOUT": number("REDIS_TIMEOUT", 5, minimum=0.1),
         },
     }
 

@@ -23,6 +23,7 @@ from consistency.engine.declarations import (
 from consistency.engine.findings import AuditContext, CheckResult, Finding
 from consistency.engine.redact import mask_urls, redact
 from consistency.models import AuditRun, CheckRun, Drift
+from consistency.stores.errors import describe_failure
 
 logger = logging.getLogger("consistency.audit")
 
@@ -104,7 +105,7 @@ def run_audit(
             )
             result = run_check(decl, ctx)
         except Exception as exc:
-            message = mask_urls(f"{type(exc).__name__}: {exc}".strip())
+            message = mask_urls(describe_failure(exc))  # names the store that failed
             logger.error("check %s failed: %s", decl.name, message)
             result = CheckResult(name=decl.name, kind=decl.kind, status="error", error=message)
         result.duration = time.monotonic() - began

@@ -21,6 +21,7 @@ from consistency.engine.registry import registry
 from consistency.engine.report import RENDERERS
 from consistency.engine.runner import AuditOptions, run_audit
 from consistency.models import AuditRun
+from consistency.stores.errors import describe_failure, store_of
 
 
 def _since(value: str) -> dt.datetime | str:
@@ -166,6 +167,15 @@ class Command(BaseCommand):
             for action in actions:
                 out.write(f"  {action.describe()}")
             if execute:
-                logs = repairs.execute(decl, actions, performed_as=getpass.getuser())
+                try:
+                    logs = repairs.execute(decl, actions, performed_as=getpass.getuser())
+                except Exception as exc:
+                    if not store_of(exc):
+                        raise
+                    raise CommandError(
+                        f"repair of {decl.name} stopped: {mask_urls(describe_failure(exc))}. "
+                        "Its database transaction was rolled back; rerun to complete it.",
+                        returncode=2,
+                    ) from exc
                 ok = sum(1 for log in logs if log.verified)
                 out.write(f"  repaired and re-verified {ok} of {len(logs)}")

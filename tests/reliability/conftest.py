@@ -1,0 +1,173 @@
+"""Fixtures for the reliability tests: real stores, reached through a fault proxy.
+
+``pg_proxy``, ``redis_proxy`` and ``clickhouse_proxy`` put a ``FaultProxy``
+(tests/faultproxy.py) between this process and the real PostgreSQL, Redis and
+ClickHouse servers, with short timeouts so a fault ends a run in seconds.
+``seeded`` fills every store but Milvus with one small consistent data set.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from io import StringIO
+from typing import Any, TypeVar
+from urllib.parse import urlencode, urlsplit
+
+import pytest
+from django.conf import settings
+from django.core.cache import caches
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.db import connections
+from django.test import override_settings
+
+from consistency.stores.analytics import close_analytics, get_analytics
+from project.env import statement_timeout_options
+from tests.faultproxy import FaultProxy
+
+T = TypeVar("T")
+DATABASES = ["default", "auth"]
+reliability_db = pytest.mark.django_db(transaction=True, databases=DATABASES)
+
+# Long enough for a healthy run on a loaded 2-core machine, short enough that a
+# fault ends a test quickly.
+STORE_TIMEOUT = 3
+# A hang guard, not a performance claim: a faulted run must end at all.
+HANG_GUARD = 120.0
+
+
+def finishes(call: Callable[[], T], guard: float = HANG_GUARD) -> T:
+    """Run ``call`` in a thread; fail the test if it is still running after ``guard`` seconds."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = call()
+        except BaseException as exc:
+            box["error"] = exc
+        finally:
+            for alias in connections:
+                connections[alias].close()
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(guard)
+    assert not thread.is_alive(), f"still running after {guard}s: the fault made it hang"
+    if "error" in box:
+        raise box["error"]
+    value: T = box["value"]
+    return value
+
+
+def command(*args: str) -> tuple[int, str, str]:
+    """``(exit code, stdout, error message)`` of ``manage.py checkconsistency ARGS --settle 0``."""
+    out, err = StringIO(), StringIO()
+    try:
+        call_command("checkconsistency", *args, "--settle", "0", "--no-progress", stdout=out, stderr=err)
+    except CommandError as exc:
+        return exc.returncode, out.getvalue(), str(exc)
+    return 0, out.getvalue(), ""
+
+
+def _proxied(aliases: list[str]) -> Iterator[FaultProxy]:
+    saved = {a: dict(connections.settings[a]) for a in aliases}
+    host, port = saved[aliases[0]]["HOST"], saved[aliases[0]]["PORT"]
+    proxy = FaultProxy(host or "127.0.0.1", int(port or 5432))
+    for alias in aliases:
+        connections[alias].close()
+        options = dict(connections.settings[alias].get("OPTIONS") or {})
+        connections.settings[alias]["OPTIONS"] = {**options, "connect_timeout": STORE_TIMEOUT}
+        connections.settings[alias].update(HOST="127.0.0.1", PORT=str(proxy.port))
+    yield proxy
+    proxy.heal()
+    for alias in aliases:
+        connections[alias].close()
+        connections.settings[alias].clear()
+        connections.settings[alias].update(saved[alias])
+    proxy.close()
+
+
+@pytest.fixture
+def pg_proxy(transactional_db: None) -> Iterator[FaultProxy]:
+    """Both database aliases through one proxy (they share the server)."""
+    yield from _proxied(DATABASES)
+
+
+@pytest.fixture
+def auth_proxy(transactional_db: None) -> Iterator[FaultProxy]:
+    """Only the ``auth`` alias through the proxy: runs are still recorded on ``default``."""
+    yield from _proxied(["auth"])
+
+
+@pytest.fixture
+def auth_statement_timeout(transactional_db: None) -> Iterator[None]:
+    """``auth`` connections get the statement timeout DATABASE_STATEMENT_TIMEOUT would set (2 s)."""
+    saved = dict(connections.settings["auth"].get("OPTIONS") or {})
+    connections["auth"].close()
+    connections.settings["auth"]["OPTIONS"] = {**saved, **statement_timeout_options(2)}
+    yield
+    connections["auth"].close()
+    connections.settings["auth"]["OPTIONS"] = saved
+
+
+def _redis_settings(port: int) -> dict[str, Any]:
+    cache: dict[str, Any] = dict(settings.CACHES["default"])
+    location = urlsplit(str(cache["LOCATION"]))
+    cache["LOCATION"] = location._replace(netloc=f"127.0.0.1:{port}").geturl()
+    cache["OPTIONS"] = {
+        **cache["OPTIONS"],
+        "SOCKET_CONNECT_TIMEOUT": STORE_TIMEOUT,
+        "SOCKET_TIMEOUT": STORE_TIMEOUT,
+    }
+    return {**settings.CACHES, "default": cache}
+
+
+@pytest.fixture
+def redis_proxy() -> Iterator[FaultProxy]:
+    parts = urlsplit(str(settings.CACHES["default"]["LOCATION"]))
+    proxy = FaultProxy(parts.hostname or "127.0.0.1", parts.port or 6379)
+    with override_settings(CACHES=_redis_settings(proxy.port)):
+        yield proxy
+        proxy.heal()
+        caches["default"].close()
+    proxy.close()
+
+
+@pytest.fixture
+def analytics_db() -> Iterator[str]:
+    """A fresh ClickHouse database for this test (dropped afterwards), in the settings."""
+    database = f"h_rel_{uuid.uuid4().hex[:8]}"
+    config = {**settings.CONSISTENCY, "CLICKHOUSE_DATABASE": database}
+    with override_settings(CONSISTENCY=config):
+        yield database
+        close_analytics()
+        get_analytics().execute(f"DROP DATABASE IF EXISTS `{database}`")
+        close_analytics()
+
+
+@pytest.fixture
+def clickhouse_proxy(analytics_db: str) -> Iterator[FaultProxy]:
+    parts = urlsplit(settings.CLICKHOUSE_URL)
+    if parts.scheme not in ("clickhouse", "clickhouses"):
+        pytest.fail(f"CLICKHOUSE_URL must name a ClickHouse server for these tests, got {parts.scheme}://")
+    proxy = FaultProxy(parts.hostname or "127.0.0.1", parts.port or 9000)
+    query = urlencode({"connect_timeout": STORE_TIMEOUT, "send_receive_timeout": STORE_TIMEOUT})
+    netloc = parts.netloc.replace(f"{parts.hostname}:{parts.port}", f"127.0.0.1:{proxy.port}")
+    url = parts._replace(netloc=netloc, query=query).geturl()
+    with override_settings(CLICKHOUSE_URL=url):
+        yield proxy
+        proxy.heal()
+        close_analytics()
+    proxy.close()
+
+
+@pytest.fixture
+def seeded(transactional_db: None, analytics_db: str) -> int:
+    """A small consistent data set in both databases, the cache and ClickHouse; returns the user count."""
+    users = 12
+    caches["default"].clear()
+    call_command("seed", "--users", str(users), "--skip-vectors", "--flush", stdout=StringIO())
+    close_analytics()
+    return users
