@@ -8,6 +8,8 @@ class ConsistencyConfig(AppConfig):
 
     def ready(self) -> None:
         from consistency import checks  # noqa: F401 - registers the system checks
+        from consistency.review import history
         from consistency.sync import signals
 
         signals.connect()
+        history.connect()  # drift sightings per run, and the schedule that started a run

@@ -30,10 +30,13 @@ class AuditRun(models.Model):
     started_at = models.DateTimeField(default=timezone.now, db_index=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     error = models.TextField(blank=True, default="")
+    # The django-celery-beat PeriodicTask (by name) that started a scheduled run.
+    schedule = models.CharField(max_length=200, blank=True, default="", db_index=True)
 
     class Meta:
         ordering = ["-started_at"]
         get_latest_by = "started_at"
+        permissions = [("run_audit", "Can start an audit from the admin")]
 
     def __str__(self) -> str:
         return f"run {self.pk} ({self.status})"
@@ -63,7 +66,11 @@ class CheckRun(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["run", "check_name"], name="checkrun_unique")]
-        indexes = [models.Index(fields=["check_name", "status", "watermark"], name="checkrun_watermark_idx")]
+        indexes = [
+            models.Index(fields=["check_name", "status", "watermark"], name="checkrun_watermark_idx"),
+            # The admin dashboard's latest run of each check: one index probe per check.
+            models.Index(fields=["check_name", "-id"], name="checkrun_latest_idx"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.check_name} in run {self.run_id}"
@@ -102,7 +109,11 @@ class Drift(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["check_name", "kind", "key"], name="drift_identity")]
-        indexes = [models.Index(fields=["check_name", "status"], name="drift_check_status_idx")]
+        indexes = [
+            models.Index(fields=["check_name", "status"], name="drift_check_status_idx"),
+            # The admin's search by key (exact or prefix; LIKE 'abc%' needs the pattern opclass).
+            models.Index(fields=["key"], name="drift_key_idx", opclasses=["varchar_pattern_ops"]),
+        ]
         permissions = [
             ("review_drift", "Can acknowledge, mute and re-verify drift"),
             ("repair_drift", "Can repair drift"),
@@ -110,6 +121,19 @@ class Drift(models.Model):
 
     def __str__(self) -> str:
         return f"{self.check_name} {self.kind} {self.key}"
+
+
+class DriftSighting(models.Model):
+    """One audit run that saw one drift (recorded when the run finishes; see consistency.review)."""
+
+    drift = models.ForeignKey(Drift, on_delete=models.CASCADE, related_name="sightings")
+    run = models.ForeignKey(AuditRun, on_delete=models.CASCADE, related_name="+")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["drift", "run"], name="driftsighting_unique")]
+
+    def __str__(self) -> str:
+        return f"drift {self.drift_id} in run {self.run_id}"
 
 
 class RepairLog(models.Model):

@@ -78,3 +78,31 @@ def scheduled_audit(full: bool = False, checks: list[str] | None = None) -> dict
 def send_alert(alert_id: int) -> bool:
     """Send one new-drift alert (mail or webhook) unless already sent."""
     return alerts.send(alert_id)
+
+
+# --- drift review (the admin): each records its outcome in the repair log --------------
+
+
+@shared_task(name="consistency.reverify_drift", soft_time_limit=3600 - 60, time_limit=3600)
+def reverify_drift(drift_id: int, user_id: int | None = None) -> dict[str, Any]:
+    """Check one drift again now (by key where the check can, else the whole check)."""
+    from consistency.review import actions
+
+    return actions.reverify(drift_id, user_id).__dict__
+
+
+@shared_task(name="consistency.repair_drifts", soft_time_limit=3600 - 60, time_limit=3600)
+def repair_drifts(drift_ids: list[int], user_id: int | None = None) -> list[dict[str, Any]]:
+    """Plan and apply the repair of drift records chosen in the admin, then re-verify each."""
+    from consistency.review import actions
+
+    logs = actions.repair(drift_ids, user_id)
+    return [{"key": log.key, "action": log.action, "verified": log.verified} for log in logs]
+
+
+@shared_task(name="consistency.admin_audit", soft_time_limit=6 * 3600 - 300, time_limit=6 * 3600)
+def admin_audit(checks: list[str] | None = None, user_id: int | None = None) -> dict[str, Any]:
+    """A full audit started from the admin's dashboard; checks locked by another audit skip."""
+    from consistency.review import actions
+
+    return actions.audit_now(checks or (), user_id)
