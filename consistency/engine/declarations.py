@@ -156,6 +156,7 @@ class RowParity(Declaration):
             "segments": stats.segments,
             "rows_fetched": stats.rows_fetched,
             "candidates": stats.candidates,
+            "connections": stats.extra.get("connections", 2),
             "in_flight": stats.in_flight,
             "mode": "incremental" if ctx.since else "full",
         }

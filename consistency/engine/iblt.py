@@ -1,12 +1,12 @@
 """An invertible Bloom lookup table over 64-bit row fingerprints, in NumPy.
 
-Each side of a comparison streams (fingerprint, payload) pairs into its own
-table; subtracting the two tables cancels every row both sides hold, and
-peeling the rest lists exactly the rows only one side holds. Memory is set by
-how much drift the table can decode, not by how many rows were streamed, so a
-10M-row audit holds a few MB instead of 160 MB of fingerprints. The payload
-must be the same on both sides for the same row (the integer key, or a hash of
-the key), so that it cancels too.
+Each side of a comparison streams its rows' fingerprints into its own table;
+subtracting the two tables cancels every row both sides hold, and peeling the
+rest lists exactly the fingerprints only one side holds. Memory is set by how
+much drift the table can decode, not by how many rows were streamed: a 10M-row
+audit holds two 3 MB tables. Which row a fingerprint belongs to is not kept
+here: each side spills (fingerprint, locator) records to a temporary file
+(``rowdiff.Spill``) and looks the decoded fingerprints up there.
 
 Eppstein & Goodrich, "Straggler identification in round-trip data streams via
 Newton's identities and invertible Bloom filters" (2007).
@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 
 K = 3  # cells per item: one in each of K sub-tables
-MAX_CELLS = 1 << 18  # per sub-table: 25 MB a table; more drift than that is split into partitions
+MAX_CELLS = 1 << 16  # per sub-table of a first scan's table: 3 MB, decodes ~150,000 differing rows
+RETRY_CELLS = 1 << 17  # per sub-table when a retry splits a large drift into partitions
 _MIX = (
     np.uint64(0x9E3779B97F4A7C15),
     np.uint64(0xC2B2AE3D27D4EB4F),
@@ -28,31 +29,33 @@ _MIX = (
 )
 
 
-def _mix(values: np.ndarray, salt: int) -> np.ndarray:
-    """A cheap 64-bit mixer (multiply, xor-shift) so sub-table indexes are independent."""
+def mix(values: np.ndarray) -> np.ndarray:
+    """A cheap 64-bit mixer (multiply, xor-shift): the cell indexes and the check of a fingerprint."""
     with np.errstate(over="ignore"):
-        x = values * _MIX[salt]
+        x = values * _MIX[0]
         x ^= x >> np.uint64(29)
-        x *= _MIX[(salt + 1) % len(_MIX)]
+        x *= _MIX[1]
         x ^= x >> np.uint64(32)
     return x
 
 
 @dataclass(frozen=True)
 class Decoded:
-    """Items only in the first table (``left``) and only in the second (``right``)."""
+    """Fingerprints only in the first table (``left``) and only in the second (``right``)."""
 
-    left: list[tuple[int, int]]  # (fingerprint, payload), signed int64 values
-    right: list[tuple[int, int]]
+    left: list[int]  # signed int64 values
+    right: list[int]
     complete: bool  # False: too much difference to decode; retry with more cells
 
 
 class IBLT:
-    """Counts and wrap-around sums of fingerprints, payloads and checks in K sub-tables.
+    """Wrap-around sums (mod 2**64) of fingerprints and of their checks, in K sub-tables.
 
-    Sums (mod 2**64) stand in for the textbook XORs because NumPy's ``add.at``
-    has a fast path and ``bitwise_xor.at`` does not (about 20x apart here); a pure cell then holds +item or -item, and its sign says which
-    side the item came from.
+    Sums stand in for the textbook XORs because NumPy's ``add.at`` has a fast
+    path and ``bitwise_xor.at`` does not (about 20x apart here). A cell holding
+    exactly one item holds ``+f, +mix(f)`` or ``-f, -mix(f)``: the check both
+    proves it pure and gives the side, so no count is kept. The check is the
+    mixed value whose bit slices also choose the item's cells.
     """
 
     def __init__(self, cells: int) -> None:
@@ -61,9 +64,7 @@ class IBLT:
         self.bits = min(21, max(6, int(cells - 1).bit_length()))
         self.m = 1 << self.bits
         size = K * self.m
-        self.count = np.zeros(size, dtype=np.int64)
         self.fp = np.zeros(size, dtype=np.uint64)
-        self.payload = np.zeros(size, dtype=np.uint64)
         self.check = np.zeros(size, dtype=np.uint64)
         self.items = 0
 
@@ -74,29 +75,33 @@ class IBLT:
 
         return min(MAX_CELLS, max(app_settings.IBLT_MIN_CELLS, rows // 48))
 
-    def _indexes(self, fps: np.ndarray) -> list[np.ndarray]:
-        mixed = _mix(fps, 0)
+    def _indexes(self, mixed: np.ndarray) -> list[np.ndarray]:
         mask = np.uint64(self.m - 1)
-        return [((mixed >> np.uint64(21 * j)) & mask).astype(np.int64) + j * self.m for j in range(K)]
+        return [((mixed >> np.uint64(21 * j)) & mask).astype(np.intp) + j * self.m for j in range(K)]
 
-    def add(self, fps: np.ndarray, payloads: np.ndarray) -> None:
-        """Insert rows: ``fps`` and ``payloads`` are int64 or uint64 arrays of equal length."""
+    def add(self, fps: np.ndarray) -> None:
+        """Insert rows: ``fps`` is an int64 or uint64 array."""
         if not len(fps):
             return
         fps = fps.astype(np.uint64, copy=False)
-        payloads = payloads.astype(np.uint64, copy=False)
-        checks = _mix(fps, 3)
-        with np.errstate(over="ignore"):
-            for idx in self._indexes(fps):
-                np.add.at(self.count, idx, 1)
-                np.add.at(self.fp, idx, fps)
-                np.add.at(self.payload, idx, payloads)
-                np.add.at(self.check, idx, checks)
+        checks = mix(fps)
+        for idx in self._indexes(checks):
+            np.add.at(self.fp, idx, fps)
+            np.add.at(self.check, idx, checks)
         self.items += len(fps)
+
+    def merge(self, other: IBLT) -> None:
+        """Add ``other``'s items to this table (tables are sums: parts of one side add up)."""
+        if other.m != self.m:
+            raise ValueError("cannot merge tables of different sizes")
+        with np.errstate(over="ignore"):
+            self.fp += other.fp
+            self.check += other.check
+        self.items += other.items
 
     def estimate_items(self) -> int:
         """Items in the table, estimated from empty cells (for sizing a retry after a failed decode)."""
-        empty = (self.count == 0) & (self.fp == 0) & (self.payload == 0)
+        empty = (self.fp == 0) & (self.check == 0)
         estimates = []
         for j in range(K):
             free = int(empty[j * self.m : (j + 1) * self.m].sum()) / self.m
@@ -109,54 +114,38 @@ class IBLT:
             raise ValueError("cannot subtract tables of different sizes")
         out = IBLT(self.m)
         with np.errstate(over="ignore"):
-            out.count = self.count - other.count
             out.fp = self.fp - other.fp
-            out.payload = self.payload - other.payload
             out.check = self.check - other.check
         return out
 
     def decode(self) -> Decoded:
-        """Peel pure cells until none is left; complete when every cell is empty."""
-        count, fp, payload, check = (
-            self.count.copy(),
-            self.fp.copy(),
-            self.payload.copy(),
-            self.check.copy(),
-        )
-        left: list[tuple[int, int]] = []
-        right: list[tuple[int, int]] = []
+        """Peel pure cells until none is left; complete when every cell is empty. Consumes the table."""
+        fp, check = self.fp, self.check
+        left: list[int] = []
+        right: list[int] = []
         with np.errstate(over="ignore"):
             while True:
-                cells = np.flatnonzero(np.abs(count) == 1)
+                cells = np.flatnonzero(fp)
                 if not cells.size:
                     break
-                signs = count[cells]
-                # A pure cell holds sign * item: undo the sign, then verify the check sum.
-                item_fp = np.where(signs > 0, fp[cells], -fp[cells]).astype(np.uint64)
-                item_check = np.where(signs > 0, check[cells], -check[cells]).astype(np.uint64)
-                pure = _mix(item_fp, 3) == item_check
+                # A pure cell holds +item (left) or -item (right): try both signs.
+                plus = mix(fp[cells]) == check[cells]
+                minus = mix(-fp[cells]) == -check[cells]
+                pure = plus | minus
                 if not pure.any():
                     break
-                cells, signs, item_fp = cells[pure], signs[pure], item_fp[pure]
+                cells, positive = cells[pure], plus[pure]
+                item_fp = np.where(positive, fp[cells], -fp[cells])
                 # One cell per item: an item can sit pure in several sub-tables at once.
                 item_fp, first = np.unique(item_fp, return_index=True)
-                cells, signs = cells[first], signs[first]
-                item_payload = np.where(signs > 0, payload[cells], -payload[cells]).astype(np.uint64)
-                item_check = _mix(item_fp, 3)
-                for idx in self._indexes(item_fp):
-                    np.subtract.at(count, idx, signs)
-                    np.subtract.at(fp, idx, np.where(signs > 0, item_fp, -item_fp).astype(np.uint64))
-                    np.subtract.at(
-                        payload, idx, np.where(signs > 0, item_payload, -item_payload).astype(np.uint64)
-                    )
-                    np.subtract.at(check, idx, np.where(signs > 0, item_check, -item_check).astype(np.uint64))
-                pairs = zip(
-                    item_fp.view(np.int64).tolist(),
-                    item_payload.view(np.int64).tolist(),
-                    signs.tolist(),
-                    strict=True,
-                )
-                for f, p, sign in pairs:
-                    (left if sign > 0 else right).append((f, p))
-        complete = not count.any() and not fp.any() and not payload.any()
+                positive = positive[first]
+                signed = np.where(positive, item_fp, -item_fp)
+                item_check = mix(item_fp)
+                signed_check = np.where(positive, item_check, -item_check)
+                for idx in self._indexes(item_check):
+                    np.subtract.at(fp, idx, signed)
+                    np.subtract.at(check, idx, signed_check)
+                for value, is_left in zip(item_fp.view(np.int64).tolist(), positive.tolist(), strict=True):
+                    (left if is_left else right).append(value)
+        complete = not fp.any() and not check.any()
         return Decoded(left, right, complete)

@@ -1,11 +1,16 @@
-"""Read one side of a row parity check: fingerprints in bulk, rows by key.
+"""Read one side of a row parity check: fingerprints in bulk, rows by key or location.
 
 Two dialects, one per pair of sides (so both sides always hash alike):
 - ``sql``: both sides are PostgreSQL. The database normalises and hashes each
-  row (``hashtextextended``) and streams (fingerprint, payload) pairs by binary
-  COPY, 26 bytes a row, parsed by NumPy without a Python loop per row.
+  row (``hashtextextended``) and packs (fingerprint, TID) pairs into binary
+  ``string_agg`` blobs, 14 bytes a row, parsed by NumPy without a Python loop
+  per row. A candidate row is fetched back by its TID in the scan's snapshot.
 - ``python``: any other pair (SQLite, mixed). Rows are read in chunks and
-  hashed in Python with the same normalisers' Python rendering.
+  hashed in Python with the same normalisers' Python rendering; a candidate is
+  found again by its payload (the integer key, or a hash of the key).
+
+NumPy is imported where a scan needs it, not at import time: the command's
+start-up (``checkconsistency --list``, repairs) does not pay for it.
 """
 
 from __future__ import annotations
@@ -13,10 +18,11 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+import psycopg
 from django.db import connections, models, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import BooleanField, Q
@@ -24,11 +30,16 @@ from django.db.models.expressions import RawSQL
 
 from consistency.engine.normalizers import SEPARATOR, Normalizer
 
+if TYPE_CHECKING:
+    import numpy as np
+
+    Chunk = tuple[np.ndarray, bytes]
+
 KEY_SEPARATOR = "\x1e"
-_COPY_HEADER = 19
-_COPY_ROW = np.dtype(
-    [("n", ">i2"), ("l1", ">i4"), ("fp", ">i8"), ("l2", ">i4"), ("payload", ">i8")]
-)  # itemsize 26: no padding, so np.frombuffer can read COPY's wire format directly
+# Two aggregates over the same rows in the same order: 8-byte fingerprints, 6-byte TIDs.
+_PACKED = "string_agg(int8send(f), ''::bytea), string_agg(tidsend(t), ''::bytea)"
+UNIT_ROWS = 65_536  # rows per TID range a full scan reads in one query (about 1 MB of output)
+TID_SIZE = 6  # tidsend: block number (uint32) and line pointer (uint16), big-endian
 _INT_KEYS = {
     "AutoField",
     "BigAutoField",
@@ -99,11 +110,6 @@ class RowSide:
         row = f" || chr({ord(SEPARATOR)}) || ".join(self.norm_sql())
         return f"hashtextextended({self.key_sql()} || chr({ord(KEY_SEPARATOR)}) || {row}, 0)"
 
-    def payload_sql(self) -> str:
-        if self.int_key:
-            return f"CAST({self._col(self.key[0])} AS BIGINT)"
-        return f"hashtextextended({self.key_sql()}, 1)"
-
     def _since_sql(self, since: dt.datetime | None) -> tuple[str, list[Any]]:
         if since is None or self.updated is None:
             return "", []
@@ -128,19 +134,6 @@ class RowSide:
         return _h64(key, b"consistency-key")
 
     # -- bulk fingerprints --------------------------------------------------------------
-    def aggregate(self, since: dt.datetime | None = None) -> tuple[int, int]:
-        """(rows, XOR of fingerprints) computed by the database in one scan (SQL dialect only).
-
-        An XOR over unique keys is as good a set digest as a sum, and PostgreSQL's
-        ``bit_xor`` on bigint is cheaper than ``sum`` (which widens to numeric).
-        """
-        where, params = self._since_sql(since)
-        sql = f"SELECT count(*), COALESCE(bit_xor({self.fp_sql()}), 0) FROM {self.table}{where}"
-        with self.connection.cursor() as cursor:
-            cursor.execute(sql, params)
-            rows, digest = cursor.fetchone()
-        return int(rows), int(digest)
-
     def estimate_rows(self) -> int:
         if self.connection.vendor == "postgresql":
             with self.connection.cursor() as cursor:
@@ -153,81 +146,93 @@ class RowSide:
                 return int(found[0])
         return self.model._default_manager.using(self.alias).count()
 
-    def stream(
-        self, since: dt.datetime | None = None, chunk_rows: int = 65_536
-    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Yield (fingerprints, payloads) int64 arrays in chunks, one scan of the table."""
-        if self.dialect == "sql" and self.connection.pg_version >= 140000:  # type: ignore[attr-defined]
-            yield from self._stream_chunks(since)
-        elif self.dialect == "sql":
-            yield from self._stream_copy(since, chunk_rows)
-        else:
-            yield from self._stream_python(since, chunk_rows)
+    @property
+    def locator_size(self) -> int:
+        """Bytes that say where a row is: a TID (SQL dialect) or the payload (Python dialect)."""
+        return TID_SIZE if self.dialect == "sql" else 8
 
-    def _stream_chunks(
-        self, since: dt.datetime | None, chunks: int = 48
-    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Fingerprints packed by the server, one bytea per physical block range.
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """One REPEATABLE READ transaction (SQL dialect): the scan and the fetch by TID see one snapshot.
 
-        Per-row COPY costs the client a message a row; here PostgreSQL packs each
-        TID range (a TID Range Scan, PostgreSQL 14+) into one ``string_agg`` blob of
-        16-byte (fingerprint, payload) pairs that NumPy reads in place. The ranges
-        run in one REPEATABLE READ transaction, so they see one snapshot.
+        The Python dialect reads without one; its candidates are found again by key.
         """
-        where, params = self._since_sql(since)
-        extra = where.replace(" WHERE ", " AND ", 1)
-        packed = f"string_agg(int8send({self.fp_sql()}) || int8send({self.payload_sql()}), ''::bytea)"
+        if self.dialect != "sql":
+            yield
+            return
         with transaction.atomic(using=self.alias), self.connection.cursor() as cursor:
             cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            yield
+
+    @contextmanager
+    def joined(self, snapshot: str) -> Iterator[None]:
+        """A helper connection's transaction on the snapshot ``plan`` exported."""
+        with transaction.atomic(using=self.alias), self.connection.cursor() as cursor:
+            cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            cursor.execute("SET TRANSACTION SNAPSHOT %s", [snapshot])
+            yield
+
+    def plan(self, since: dt.datetime | None = None) -> ScanPlan:
+        """How to scan this side (SQL dialect, inside ``snapshot()``).
+
+        A full scan on PostgreSQL 14+ is cut into TID ranges of about ``UNIT_ROWS``
+        rows, read by as many connections as PostgreSQL would give one parallel
+        query on this table (``max_parallel_workers_per_gather`` and the table's
+        size, as the planner reckons them), all on one exported snapshot. Rows
+        changed since a time (or any PostgreSQL before 14) are one query the
+        planner can run on the updated-at index, its output split into groups.
+        """
+        table = self.model._meta.db_table
+        with self.connection.cursor() as cursor:
             cursor.execute(
-                "SELECT pg_relation_size(%s::regclass) / current_setting('block_size')::bigint",
-                [self.model._meta.db_table],
+                """SELECT pg_relation_size(c.oid) / current_setting('block_size')::bigint,
+                          greatest(c.reltuples, 0)::bigint,
+                          current_setting('max_parallel_workers_per_gather')::int,
+                          pg_size_bytes(current_setting('min_parallel_table_scan_size'))
+                              / current_setting('block_size')::bigint
+                   FROM pg_class c WHERE c.oid = %s::regclass""",
+                [table],
             )
-            blocks = int(cursor.fetchone()[0])
-            step = max(1, -(-blocks // chunks))
-            starts = list(range(0, max(blocks, 1), step))
-            for i, start in enumerate(starts):
-                upper = "" if i == len(starts) - 1 else f" AND ctid < '({start + step},0)'::tid"
-                cursor.execute(
-                    f"SELECT {packed} FROM {self.table} WHERE ctid >= '({start},0)'::tid{upper}{extra}",
-                    params,
-                )
-                blob = cursor.fetchone()[0]
-                if blob:
-                    pairs = np.frombuffer(bytes(blob), dtype=">i8").astype(np.int64).reshape(-1, 2)
-                    yield pairs[:, 0], pairs[:, 1]
+            blocks, tuples, max_workers, min_blocks = cursor.fetchone()
+        rows = f"SELECT {self.fp_sql()} AS f, {self.table}.ctid AS t FROM {self.table}"
+        if since is not None or self.connection.pg_version < 140000:  # type: ignore[attr-defined]
+            where, params = self._since_sql(since)
+            groups = 1 << max(0, (max(tuples, 1) // 500_000).bit_length())
+            sql = f"SELECT {_PACKED} FROM ({rows}{where} OFFSET 0) AS s GROUP BY f & {groups - 1}"
+            return ScanPlan([(sql, params)], 1, None)
+        # Never analysed (reltuples -1): size the ranges as if blocks held 50 rows each.
+        step = max(1, UNIT_ROWS * blocks // (tuples if tuples > 0 else 50 * max(blocks, 1)))
+        starts = list(range(0, max(blocks, 1), step))
+        units: list[tuple[str, list[Any]]] = []
+        for i, start in enumerate(starts):
+            upper = "" if i == len(starts) - 1 else f" AND ctid < '({start + step},0)'::tid"
+            units.append((f"SELECT {_PACKED} FROM ({rows} WHERE ctid >= '({start},0)'::tid{upper}) AS s", []))
+        workers = 1 + min(max_workers, _parallel_workers(blocks, min_blocks), len(units) - 1)
+        exported = None
+        if workers > 1:
+            with self.connection.cursor() as cursor:
+                cursor.execute("SELECT pg_export_snapshot()")
+                exported = cursor.fetchone()[0]
+        return ScanPlan(units, workers, exported)
 
-    def _stream_copy(
-        self, since: dt.datetime | None, chunk_rows: int
-    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        where, params = self._since_sql(since)
-        sql = f"COPY (SELECT {self.fp_sql()}, {self.payload_sql()} FROM {self.table}{where}) TO STDOUT (FORMAT BINARY)"
+    def stream_unit(self, sql: str, params: Sequence[Any] = ()) -> Iterator[Chunk]:
+        """Run one unit of a plan on this thread's connection: (fingerprints, TIDs) per result row.
+
+        Per-row COPY costs the client a message a row; here PostgreSQL packs each
+        unit into two ``string_agg`` blobs, fetched in binary and read by NumPy in place.
+        """
+        import numpy as np
+
         self.connection.ensure_connection()
-        raw = self.connection.connection
-        block = _COPY_ROW.itemsize * chunk_rows
-        with raw.cursor() as cursor, cursor.copy(sql, params or None) as copy:
-            pending = bytearray()
-            header_left = _COPY_HEADER
-            for data in copy:
-                pending += data
-                if header_left:
-                    if len(pending) < header_left:
-                        continue
-                    del pending[:header_left]
-                    header_left = 0
-                if len(pending) >= block:
-                    usable = len(pending) - len(pending) % _COPY_ROW.itemsize
-                    yield self._parse(pending[:usable])
-                    del pending[:usable]
-            if len(pending) >= 2:
-                del pending[-2:]  # the trailer: a field count of -1
-            if pending:
-                yield self._parse(pending)
+        with psycopg.Cursor(self.connection.connection) as cursor:
+            cursor.execute(sql, params or None, binary=True)
+            for fps, tids in cursor:
+                if fps:
+                    yield np.frombuffer(fps, dtype=">i8").astype(np.int64), bytes(tids)
 
-    @staticmethod
-    def _parse(buffer: bytes | bytearray) -> tuple[np.ndarray, np.ndarray]:
-        rows = np.frombuffer(bytes(buffer), dtype=_COPY_ROW)
-        return rows["fp"].astype(np.int64), rows["payload"].astype(np.int64)
+    def stream(self, since: dt.datetime | None = None, chunk_rows: int = 65_536) -> Iterator[Chunk]:
+        """Python dialect: (fingerprints, payloads) per chunk of rows, hashed here."""
+        yield from self._stream_python(since, chunk_rows)
 
     def _values_qs(self, since: dt.datetime | None = None) -> models.QuerySet:
         qs = self.model._default_manager.using(self.alias).all()
@@ -235,9 +240,9 @@ class RowSide:
             qs = qs.filter(**{f"{self.updated.name}__gte": since})
         return qs
 
-    def _stream_python(
-        self, since: dt.datetime | None, chunk_rows: int
-    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def _stream_python(self, since: dt.datetime | None, chunk_rows: int) -> Iterator[Chunk]:
+        import numpy as np
+
         names = [f.attname for f in self.key] + [f.attname for _, f, _ in self.fields]
         width = len(self.key)
         fps: list[int] = []
@@ -247,10 +252,10 @@ class RowSide:
             fps.append(self.py_fp(key, self.py_norm(values[width:])))
             payloads.append(self.py_payload(values[:width], key))
             if len(fps) >= chunk_rows:
-                yield np.array(fps, dtype=np.int64), np.array(payloads, dtype=np.int64)
+                yield np.array(fps, dtype=np.int64), np.array(payloads, dtype="<i8").tobytes()
                 fps, payloads = [], []
         if fps:
-            yield np.array(fps, dtype=np.int64), np.array(payloads, dtype=np.int64)
+            yield np.array(fps, dtype=np.int64), np.array(payloads, dtype="<i8").tobytes()
 
     # -- rows by key or payload -----------------------------------------------------------
     def _annotated(self, qs: models.QuerySet) -> models.QuerySet:
@@ -303,21 +308,29 @@ class RowSide:
             found.update((row.key, row) for row in self._rows(qs))
         return found
 
+    def rows_by_locators(self, locators: Sequence[bytes], since: dt.datetime | None = None) -> list[Row]:
+        """The rows at ``locators`` (as ``stream`` yielded them); SQL: in the scan's snapshot."""
+        if self.dialect != "sql":
+            return self.rows_by_payloads([int.from_bytes(x, "little", signed=True) for x in locators], since)
+        found: list[Row] = []
+        base = self.model._default_manager.using(self.alias).all()
+        for start in range(0, len(locators), 10_000):
+            # Integers only, so the literal is safe; a TID Scan reads exactly these tuples.
+            tids = ",".join(
+                f'"({int.from_bytes(x[:4], "big")},{int.from_bytes(x[4:], "big")})"'
+                for x in locators[start : start + 10_000]
+            )
+            at = RawSQL(f"{self.table}.ctid = ANY('{{{tids}}}'::tid[])", (), output_field=BooleanField())
+            found.extend(self._rows(base.filter(at)))
+        return found
+
     def rows_by_payloads(self, payloads: Sequence[int], since: dt.datetime | None = None) -> list[Row]:
-        """Rows whose payload is in ``payloads``: by index for integer keys, else one filtered scan."""
+        """Rows whose payload is in ``payloads``: by key for integer keys, else one pass over the keys."""
         if not payloads:
             return []
         if self.int_key:
             return list(self.rows_by_keys([str(p) for p in payloads]).values())
         wanted = set(payloads)
-        if self.dialect == "sql":
-            # A constant array (not a bound parameter) lets PostgreSQL hash the lookup
-            # instead of searching the list for every row; the values are integers.
-            literal = ",".join(str(int(p)) for p in sorted(wanted))
-            hit = RawSQL(
-                f"{self.payload_sql()} = ANY(ARRAY[{literal}]::bigint[])", (), output_field=BooleanField()
-            )
-            return self._rows(self._values_qs(since).annotate(_hit=hit).filter(_hit=True))
         names = [f.attname for f in self.key]
         keys = []
         for values in self._values_qs(since).values_list(*names).iterator(chunk_size=10_000):
@@ -328,3 +341,23 @@ class RowSide:
 
 
 ProgressFn = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class ScanPlan:
+    """The queries that read one side, how many connections read them, and their snapshot."""
+
+    units: list[tuple[str, list[Any]]]
+    workers: int
+    snapshot: str | None  # exported by the first connection when workers > 1
+
+
+def _parallel_workers(blocks: int, min_blocks: int) -> int:
+    """Workers PostgreSQL's planner gives a parallel scan of ``blocks`` (compute_parallel_worker)."""
+    if blocks < max(min_blocks, 1):
+        return 0
+    workers, threshold = 1, max(min_blocks, 1) * 3
+    while blocks >= threshold:
+        workers += 1
+        threshold *= 3
+    return workers

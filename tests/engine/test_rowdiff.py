@@ -6,6 +6,7 @@ import datetime as dt
 import threading
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 from django.db import connections
 from django.test import override_settings
 
+from consistency.engine import rowside
 from consistency.engine.declarations import RowParity, Side, bind_row_parity
 from consistency.engine.normalizers import Decimal as DecimalN
 from consistency.engine.normalizers import Email, Text, Timestamp
@@ -134,6 +136,43 @@ def test_row_parity__large_drift_is_decoded_in_partitions(tables: None) -> None:
     assert len(findings) == 3000
     assert {f.kind for f in findings} == {"mismatch"}
     assert stats.segments > 1
+
+
+@pytest.fixture
+def parallel_scans(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Small TID ranges, and PostgreSQL willing to run a parallel scan of any table size."""
+    if any(connections[a].vendor != "postgresql" for a in ("auth", "default")):
+        pytest.skip("TID range scans on several connections are the PostgreSQL dialect")
+    monkeypatch.setattr(rowside, "UNIT_ROWS", 64)
+    names = [connections[a].settings_dict["NAME"] for a in ("auth", "default")]
+    with connections["default"].cursor() as cursor:
+        for name in names:
+            cursor.execute(f'ALTER DATABASE "{name}" SET min_parallel_table_scan_size = 0')
+    for alias in ("auth", "default"):
+        connections[alias].close()
+    yield
+    with connections["default"].cursor() as cursor:
+        for name in names:
+            cursor.execute(f'ALTER DATABASE "{name}" RESET min_parallel_table_scan_size')
+
+
+def test_row_parity__scan_shared_by_several_connections_on_one_snapshot(
+    tables: None, parallel_scans: None
+) -> None:
+    fill(StrRow, "auth", range(1, 2001))
+    fill(StrRow, "default", [i for i in range(1, 2001) if i not in (1, 1500)])
+    fill(StrRow, "default", [2001])
+    StrRow.objects.using("default").filter(**key_of(StrRow, 2000)).update(name="changed")
+
+    findings, stats = audit(declare(StrRow))
+
+    assert stats.extra["connections"] > 2  # more than one connection per side read the table
+    assert kinds(findings) == {
+        "missing": {key_text(StrRow, 1), key_text(StrRow, 1500)},
+        "extra": {key_text(StrRow, 2001)},
+        "mismatch": {key_text(StrRow, 2000)},
+    }
+    assert (stats.source_rows, stats.target_rows, stats.rows_fetched) == (2000, 1999, 5)
 
 
 def test_row_parity__secret_field_difference_is_found_but_never_shown(tables: None) -> None:
