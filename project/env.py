@@ -86,13 +86,14 @@ def database(name: str, default_file: str) -> dict[str, object]:
         options.setdefault("connect_timeout", number("DATABASE_CONNECT_TIMEOUT", 5, minimum=1))
         options.update(statement_timeout_options(number("DATABASE_STATEMENT_TIMEOUT", 900)))
         pool_size = number("DATABASE_POOL_MAX_SIZE", 0)
+        pool_timeout = number("DATABASE_POOL_TIMEOUT", 10, minimum=0.1)
         if pool_size:
             # psycopg's pool through Django's `pool` option; a request that cannot get a
             # connection within DATABASE_POOL_TIMEOUT seconds fails instead of waiting forever.
             options["pool"] = {
                 "min_size": 1,
                 "max_size": int(pool_size),
-                "timeout": number("DATABASE_POOL_TIMEOUT", 10, minimum=0.1),
+                "timeout": pool_timeout,
             }
         config["OPTIONS"] = options
     return config

@@ -139,7 +139,7 @@ class RowSide:
             with self.connection.cursor() as cursor:
                 cursor.execute(
                     "SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass",
-                    [self.model._meta.db_table],
+                    [self.table],  # quoted: regclass parses identifier syntax
                 )
                 found = cursor.fetchone()
             if found and found[0] > 0:
@@ -182,7 +182,7 @@ class RowSide:
         changed since a time (or any PostgreSQL before 14) are one query the
         planner can run on the updated-at index, its output split into groups.
         """
-        table = self.model._meta.db_table
+        table = self.table  # quoted: regclass parses identifier syntax (case, blanks, quotes)
         with self.connection.cursor() as cursor:
             cursor.execute(
                 """SELECT pg_relation_size(c.oid) / current_setting('block_size')::bigint,

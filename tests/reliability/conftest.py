@@ -23,6 +23,7 @@ from django.core.management.base import CommandError
 from django.db import connections
 from django.test import override_settings
 
+from consistency.engine.registry import registry
 from consistency.stores.analytics import close_analytics, get_analytics
 from project.env import statement_timeout_options
 from tests.faultproxy import FaultProxy
@@ -62,10 +63,12 @@ def finishes(call: Callable[[], T], guard: float = HANG_GUARD) -> T:
 
 
 def command(*args: str) -> tuple[int, str, str]:
-    """``(exit code, stdout, error message)`` of ``manage.py checkconsistency ARGS --settle 0``."""
+    """``(exit code, stdout, error message)`` of ``manage.py checkconsistency ARGS`` (``--settle 0``
+    unless ARGS set it)."""
     out, err = StringIO(), StringIO()
     try:
-        call_command("checkconsistency", *args, "--settle", "0", "--no-progress", stdout=out, stderr=err)
+        settle = () if "--settle" in args else ("--settle", "0")
+        call_command("checkconsistency", *args, *settle, "--no-progress", stdout=out, stderr=err)
     except CommandError as exc:
         return exc.returncode, out.getvalue(), str(exc)
     return 0, out.getvalue(), ""
@@ -161,6 +164,16 @@ def clickhouse_proxy(analytics_db: str) -> Iterator[FaultProxy]:
         proxy.heal()
         close_analytics()
     proxy.close()
+
+
+@pytest.fixture
+def clean_registry() -> Iterator[None]:
+    """Lets a test register its own declarations and removes them afterwards."""
+    registry.autodiscover()
+    before = dict(registry._checks)
+    yield
+    registry._checks.clear()
+    registry._checks.update(before)
 
 
 @pytest.fixture

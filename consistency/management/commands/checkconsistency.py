@@ -76,6 +76,8 @@ class Command(BaseCommand):
             raise CommandError("--execute goes with --repair", returncode=2)
         if options["settle"] is not None and options["settle"] < 0:
             raise CommandError("--settle must be zero or more seconds", returncode=2)
+        if options["limit"] is not None and options["limit"] < 0:
+            raise CommandError("--limit must be zero or more drifts", returncode=2)
         try:
             chosen = registry.select(options["checks"], options["tag"])
         except KeyError as exc:
