@@ -20,7 +20,7 @@ SECRET_KEY = env.env.str("SECRET_KEY", default="") or _DEV_SECRET
 ALLOWED_HOSTS = env.hosts("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "project.apps.ProjectAdminConfig",  # django.contrib.admin with the index linking the dashboard
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",

@@ -4,20 +4,24 @@ Both are recorded by signal receivers (connected from ``ConsistencyConfig.ready`
 so the engine and the sync tasks stay as they are:
 
 - when an audit run is saved finished, every drift whose ``last_run`` is that run
-  gets a ``DriftSighting`` for it, in one ``INSERT ... SELECT``;
+  gets a ``DriftSighting`` for it, in one ``INSERT ... SELECT``; if the run began on an
+  earlier day, the dashboard's cached count of that day is recounted;
 - when django-celery-beat starts ``consistency.scheduled_audit``, the message carries
   the ``periodic_task_name`` header; after the task, its run records that name.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from celery.signals import task_postrun
 from django.db import connections
 from django.db.models.signals import post_save
+from django.utils import timezone
 
 from consistency.models import AuditRun, Drift, DriftSighting
+from consistency.review import dashboard
 
 SCHEDULED_TASKS = ("consistency.scheduled_audit",)
 
@@ -38,6 +42,9 @@ def run_saved(sender: type[AuditRun], instance: AuditRun, using: str, **kwargs: 
     if kwargs.get("raw") or instance.finished_at is None:
         return
     record_sightings(instance, using)
+    day = instance.started_at.astimezone(dt.UTC).date()
+    if day < timezone.now().astimezone(dt.UTC).date():
+        dashboard.refresh_day(day)  # a run that began on an earlier day: its day's count changed
 
 
 def schedule_name(request: Any) -> str:

@@ -1,11 +1,13 @@
 """The review flow in real headless Chromium (Debian's ``chromium``, driven by Playwright)
 against the live server, with a real Celery worker running the repair.
 
-Screenshots go to ``artifacts/admin/`` (git-ignored); docs/img/drift-detail.png is one of them.
+Screenshots go to ``artifacts/admin/`` (git-ignored); docs/img/drift-detail.png and
+docs/img/dashboard.png are two of them.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,7 +18,7 @@ from django.contrib.auth.models import User
 
 from consistency.backend.models import User as BackendUser
 from consistency.models import Drift, RepairLog
-from tests.admin.conftest import PASSWORD, SOURCE_HASH, TARGET_HASH, UsersDrift
+from tests.admin.conftest import PASSWORD, SOURCE_HASH, TARGET_HASH, UsersDrift, seed_trend
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts" / "admin"
@@ -79,8 +81,8 @@ def test_review_flow__dashboard_filter_detail_acknowledge_repair(
 
     page.click("#content-main a:text-is('Drifts')")
     page.click(".object-tools a:text-is('Dashboard')")
-    page.wait_for_selector("#trend rect.found", state="attached")
-    assert page.locator('#trend rect.found[data-found="2"]').count() == 1  # today: both drifts
+    page.wait_for_selector("#trend rect.new", state="attached")
+    assert page.locator('#trend g.day[data-seen="2"][data-new="2"]').count() == 1  # today: both drifts
     assert page.locator("#open-drift tbody tr").count() == 2  # users/sql and threads_user/sql
     assert (
         page.locator("#latest-runs tr:has(a:text-is('users')) .consistency-status").inner_text()
@@ -175,3 +177,36 @@ def test_staff_without_repair_drift__sees_no_repair__and_cannot_post_it(
     assert Drift.objects.get(pk=drift.pk).status == Drift.Status.OPEN
     assert BackendUser.objects.get(pk=users_drift.repaired_id).full_name == users_drift.target_name
     assert not RepairLog.objects.exists()
+
+
+def test_dashboard__from_the_admin_index__30_days_of_trend(
+    browser: Any, live_server: Any, reviewer: User
+) -> None:
+    seeded = seed_trend(days=30, runs_a_day=2)
+    page = logged_in(browser, live_server.url, reviewer.username)
+    page.click("#consistency-dashboard-link a")  # the admin's own index links the dashboard
+    page.wait_for_selector("#trend g.day")
+    days = page.locator("#trend g.day")
+    assert days.count() == 30
+    shown = {
+        days.nth(i).get_attribute("data-day"): (
+            int(days.nth(i).get_attribute("data-seen") or -1),
+            int(days.nth(i).get_attribute("data-new") or -1),
+            int(days.nth(i).get_attribute("data-resolved") or -1),
+        )
+        for i in range(30)
+    }
+    assert shown == {
+        (seeded.today - dt.timedelta(days=k)).isoformat(): (
+            seeded.seen[seeded.today - dt.timedelta(days=k)],
+            seeded.new[seeded.today - dt.timedelta(days=k)],
+            seeded.resolved[seeded.today - dt.timedelta(days=k)],
+        )
+        for k in range(30)
+    }
+    labels = page.locator("#trend text.day-label").all_text_contents()
+    assert labels[-1] == f"{seeded.today:%b} {seeded.today.day}"
+    assert len(labels) == 5
+    assert "resolved" in page.locator("#trend-legend").inner_text()
+    page.set_viewport_size({"width": 1280, "height": 760})
+    page.screenshot(path=str(ARTIFACTS / "dashboard-trend.png"))

@@ -203,11 +203,21 @@ def test_dashboard__latest_run_per_check__open_drift__trend(users_drift: UsersDr
     open_table = page.split('id="open-drift"')[1].split("</table>")[0]
     assert "<td>users</td><td>sql</td>" in open_table
     assert ">2</a>" in open_table
-    today = timezone.now().date().isoformat()
-    assert f'data-day="{today}" data-found="2"' in page
-    assert 'data-new="2"' in page
+    today = users_drift.run.started_at.astimezone(dt.UTC).date().isoformat()
+    assert f'data-day="{today}" data-seen="2" data-new="2" data-resolved="0"' in page
     assert 'id="run-audit-now"' in page
     assert "http://" not in page.split('id="trend"')[1].split("</svg>")[0].replace("http://www.w3.org", "")
+
+
+def test_admin_index__links_the_dashboard__for_who_may_view_runs(reviewer: User) -> None:
+    page = login(reviewer).get(reverse("admin:index")).content.decode()
+    link = page.split('id="consistency-dashboard-link"')[1].split("</p>")[0]
+    assert f'href="{reverse("admin:consistency_dashboard")}"' in link
+    assert 'class="app-consistency module' in page  # still Django's index: the app list follows
+    outsider = staff("outsider", ["view_drift"])
+    index = login(outsider).get(reverse("admin:index")).content.decode()
+    assert 'id="consistency-dashboard-link"' not in index
+    assert "app-consistency" in index  # the index itself is shown, only without the link
 
 
 def test_scheduled_runs_are_linked_from_the_periodic_task_admin(
