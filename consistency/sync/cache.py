@@ -38,6 +38,15 @@ if current == ARGV[1] then
 end
 return 0
 """
+# KEYS: (version key, entry) pairs; ARGV[1]: the version counters' ttl.
+_INVALIDATE_LUA = """
+for i = 1, #KEYS, 2 do
+  redis.call('INCR', KEYS[i])
+  redis.call('EXPIRE', KEYS[i], ARGV[1])
+  redis.call('DEL', KEYS[i + 1])
+end
+return #KEYS / 2
+"""
 _local_lock = threading.Lock()
 
 
@@ -90,13 +99,11 @@ def invalidate(keys: Iterable[str]) -> None:
                 cache.set(version_key(key), int(cache.get(version_key(key)) or 0) + 1, ttl)
                 cache.delete(key)
         return
-    pipe = raw.pipeline(transaction=True)
-    for key in keys:
-        vkey = cache.make_key(version_key(key))
-        pipe.incr(vkey)
-        pipe.expire(vkey, ttl)
-        pipe.delete(cache.make_key(key))
-    pipe.execute()
+    for start in range(0, len(keys), 1000):  # one atomic script call per thousand keys
+        pairs: list[str] = []
+        for key in keys[start : start + 1000]:
+            pairs += [cache.make_key(version_key(key)), cache.make_key(key)]
+        raw.eval(_INVALIDATE_LUA, len(pairs), *pairs, ttl)
 
 
 def invalidate_or_retry(keys: Sequence[str]) -> None:

@@ -7,14 +7,24 @@ sees what they commit.
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
+import subprocess
+import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import quote
 
 import pytest
 from celery.contrib.testing.worker import start_worker
 from django.core.cache import caches
 from django.db import connections
+from kombu import Connection
 
 from project.celery import app as celery_app
 
@@ -36,9 +46,39 @@ def wait_until(probe: Callable[[], T], timeout: float = 20.0, what: str = "condi
 
 
 def purge_broker() -> int:
-    """Drop every message waiting in the broker (triggers left by earlier tests)."""
+    """Drop every message waiting in the broker (triggers left by earlier tests), and on Redis the
+    ones a dead worker still holds unacknowledged (they would come back after the visibility timeout)."""
     with celery_app.connection_for_write() as conn:
-        return int(celery_app.control.purge(connection=conn) or 0)
+        purged = int(celery_app.control.purge(connection=conn) or 0)
+        if conn.transport.driver_type == "redis":
+            channel: Any = conn.default_channel  # kombu's Redis channel
+            channel.client.delete(channel.unacked_key, channel.unacked_index_key)
+    return purged
+
+
+def _drop_broker_connections() -> None:
+    celery_app.close()  # the connection pool
+    celery_app.amqp._producer_pool = None  # type: ignore[attr-defined]  # publishers built on it
+
+
+@contextmanager
+def using_broker(url: str) -> Iterator[None]:
+    """Point this process's Celery app (task publishing, control commands) at ``url``, then back.
+
+    Celery reads ``CELERY_BROKER_URL`` from the environment before its settings, each time it
+    connects; the pools built on the previous broker are dropped on the way in and out.
+    """
+    before = os.environ.get("CELERY_BROKER_URL")
+    os.environ["CELERY_BROKER_URL"] = url
+    _drop_broker_connections()
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["CELERY_BROKER_URL"]
+        else:
+            os.environ["CELERY_BROKER_URL"] = before
+        _drop_broker_connections()
 
 
 @pytest.fixture(autouse=True)
@@ -57,3 +97,96 @@ def worker(transactional_db: None) -> Iterator[object]:
         yield w
     for alias in connections:
         connections[alias].close()
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def db_url(alias: str) -> str:
+    """A postgres:// URL of the (test) database behind ``alias``, for another process."""
+    conf = connections[alias].settings_dict
+    auth = quote(conf["USER"] or "")
+    if conf.get("PASSWORD"):
+        auth += ":" + quote(conf["PASSWORD"])
+    return f"postgres://{auth}@{conf['HOST'] or '127.0.0.1'}:{conf['PORT'] or 5432}/{conf['NAME']}"
+
+
+def start_worker_process(
+    broker_url: str, *, visibility_timeout: int = 900, log: Path
+) -> subprocess.Popen[bytes]:
+    """``celery -A project worker --pool solo`` in its own process, on the test databases and
+    ``broker_url``, once it answers a ping (through the test process's app, on the same broker)."""
+    name = f"sync-test-{uuid.uuid4().hex[:8]}@localhost"
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "tests.sync.worker_settings",
+        "DATABASE_URL": db_url("default"),
+        "AUTH_DATABASE_URL": db_url("auth"),
+        "CELERY_BROKER_URL": broker_url,
+        "TEST_VISIBILITY_TIMEOUT": str(visibility_timeout),
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "celery",
+        "--quiet",
+        "-A",
+        "project",
+        "worker",
+        "--pool",
+        "solo",
+        "-n",
+        name,
+    ]
+    command += ["--without-gossip", "--without-mingle", "--without-heartbeat", "--loglevel", "INFO"]
+    with log.open("ab") as out:
+        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_until(
+            lambda: proc.poll() is not None or celery_app.control.ping(destination=[name], timeout=0.5),
+            timeout=60,
+            what=f"worker {name} to answer a ping",
+        )
+    except AssertionError:
+        stop_worker_process(proc)
+        raise
+    assert proc.poll() is None, f"the worker exited ({proc.returncode}); see {log}"
+    return proc
+
+
+def stop_worker_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_url() -> Iterator[str]:
+    """A RabbitMQ broker of this test session alone: ``RABBITMQ_URL`` if set, else a fresh vhost
+    on the local server (amqp://guest:guest@127.0.0.1:5672), created with rabbitmqctl and dropped."""
+    if os.environ.get("RABBITMQ_URL"):
+        yield os.environ["RABBITMQ_URL"]
+        return
+    ctl = shutil.which("rabbitmqctl")
+    try:
+        with Connection("amqp://guest:guest@127.0.0.1:5672//", connect_timeout=3) as conn:
+            conn.ensure_connection(max_retries=1)
+    except Exception as exc:
+        pytest.skip(f"no RabbitMQ on 127.0.0.1:5672 ({type(exc).__name__}); set RABBITMQ_URL")
+    if ctl is None:
+        pytest.skip("rabbitmqctl not found to create a test vhost; set RABBITMQ_URL")
+    vhost = f"consistency-test-{uuid.uuid4().hex[:8]}"
+    subprocess.run([ctl, "-q", "add_vhost", vhost], check=True, capture_output=True)
+    try:
+        subprocess.run(
+            [ctl, "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
+            check=True,
+            capture_output=True,
+        )
+        yield f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
+    finally:
+        subprocess.run([ctl, "-q", "delete_vhost", vhost], check=False, capture_output=True)
