@@ -21,6 +21,7 @@ import statistics
 import sys
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -51,6 +52,9 @@ def produce(ids: list[str], rate: float, seconds: float, threads: int) -> tuple[
     committed: dict[int, float] = {}
     began = time.time() + 0.5
 
+    def stamp(n: int) -> None:
+        committed[n] = time.time()
+
     def run(first: int) -> None:
         try:
             for n in range(first, total, threads):
@@ -59,7 +63,7 @@ def produce(ids: list[str], rate: float, seconds: float, threads: int) -> tuple[
                     time.sleep(delay)
                 with transaction.atomic(using="auth"):
                     # Registered before update_user's own hook (the relay trigger): runs first.
-                    transaction.on_commit(lambda n=n: committed.__setitem__(n, time.time()), using="auth")
+                    transaction.on_commit(partial(stamp, n), using="auth")
                     auth_users.update_user(ids[n % len(ids)], full_name=f"change {n}")
         finally:
             connections.close_all()
@@ -77,7 +81,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=200.0, help="changes a second")
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--users", type=int, default=2000, help="users the changes cycle through")
-    parser.add_argument("--threads", type=int, default=4, help="producer threads")
+    parser.add_argument("--threads", type=int, default=8, help="producer threads")
     args = parser.parse_args()
     setup()
     from consistency.auth_service.models import Outbox
@@ -91,7 +95,7 @@ def main() -> None:
     finally:
         stop_workers(procs)
     processed = {
-        int(payload["full_name"].split()[1]): at.timestamp()
+        int(payload["full_name"].split()[1]): at.timestamp() if at else float("inf")
         for payload, at in Outbox.objects.using("auth")
         .filter(payload__full_name__startswith="change ")
         .values_list("payload", "processed_at")
