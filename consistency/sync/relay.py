@@ -22,6 +22,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, connections, transaction
 from django.db.models import F
 from django.utils import timezone
@@ -37,6 +38,9 @@ from consistency.sync.outbox import AUTH_ALIAS
 
 logger = logging.getLogger("consistency.sync.relay")
 BACKEND_ALIAS = "default"
+# What a relayed delete does to the backend user. "deactivate" keeps the row (is_active false),
+# which the `users` check then reports as `extra`: auth no longer has that user.
+DELETE_MODES = ("delete", "deactivate")
 
 
 @dataclass(frozen=True)
@@ -65,8 +69,11 @@ def _user_fields(payload: dict[str, Any]) -> dict[str, Any]:
 
 def _apply_deletes(user_ids: list[str]) -> None:
     """``SYNC_DELETE``: remove the backend users, or deactivate them."""
+    mode = sync_setting("SYNC_DELETE")
+    if mode not in DELETE_MODES:
+        raise ImproperlyConfigured(f"CONSISTENCY['SYNC_DELETE'] is {mode!r}; expected one of {DELETE_MODES}")
     users = User.objects.using(BACKEND_ALIAS).filter(pk__in=user_ids)
-    if sync_setting("SYNC_DELETE") == "deactivate":
+    if mode == "deactivate":
         users.update(is_active=False, updated_at=timezone.now())
     else:
         users.delete()

@@ -8,6 +8,7 @@ import threading
 import pytest
 from celery.contrib.testing.worker import start_worker
 from django.core.cache import caches
+from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
 from django.test import override_settings
 from django.utils import timezone
@@ -183,3 +184,47 @@ def test_relay__a_relay_dying_after_the_backend_commit_duplicates_nothing() -> N
         "k3",
     ]
     assert relay.pending_count() == 0
+
+
+def test_relay__emails_swapped_in_one_batch_conflict_then_apply_event_by_event() -> None:
+    """Two users swap emails through a temporary one; the batch's upsert hits the unique email,
+    so the batch is applied event by event, in the order auth committed the changes."""
+    auth_users.create_user(email="x@corp.io", user_id="u-a")
+    auth_users.create_user(email="y@corp.io", user_id="u-b")
+    assert relay.relay_pending().applied == 2
+    auth_users.update_user("u-a", email="tmp@corp.io")
+    auth_users.update_user("u-b", email="x@corp.io")
+    auth_users.update_user("u-a", email="y@corp.io")
+
+    result = relay.relay_batch()
+    assert (result.claimed, result.applied, result.failed) == (3, 3, 0)
+    assert dict(User.objects.filter(pk__in=["u-a", "u-b"]).values_list("pk", "email")) == {
+        "u-a": "y@corp.io",
+        "u-b": "x@corp.io",
+    }
+    assert relay.pending_count() == 0
+
+
+def test_relay__a_batch_keeps_each_users_newest_event() -> None:
+    auth_users.create_user(email="n@corp.io", user_id="u-n", full_name="1")
+    for name in ("2", "3", "4"):
+        auth_users.update_user("u-n", full_name=name)
+    auth_users.create_user(email="gone@corp.io", user_id="u-gone")
+    auth_users.delete_user("u-gone")
+
+    result = relay.relay_batch()
+    assert (result.claimed, result.applied, result.stale) == (6, 2, 4)
+    assert synced("u-n", full_name="4")
+    assert backend("u-gone") is None
+    assert dict(UserSyncState.objects.values_list("user_id", "version")) == {"u-n": 4, "u-gone": 2}
+
+
+def test_relay__an_unknown_sync_delete_mode_is_refused_by_name_and_loses_nothing() -> None:
+    auth_users.create_user(email="m@corp.io", user_id="u-m")
+    assert relay.relay_pending().applied == 1
+    auth_users.delete_user("u-m")
+    refused = pytest.raises(ImproperlyConfigured, match=r"SYNC_DELETE.*'archive'.*'delete', 'deactivate'")
+    with override_settings(CONSISTENCY={"SYNC_DELETE": "archive"}), refused:
+        relay.relay_batch()
+    assert relay.pending_count() == 1
+    assert synced("u-m")
