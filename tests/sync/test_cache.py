@@ -77,39 +77,63 @@ def test_cache__a_fill_racing_a_write_never_stores_the_old_value() -> None:
 
 
 def test_cache__concurrent_readers_never_see_an_older_version_after_a_commit() -> None:
-    user = UserFactory.create(full_name="0")
-    committed = [0]
+    """Randomised: two writers increment counters on three users (row-locked, so the counter is the
+    commit order), three readers read through the cache and now and then drop the entry to force
+    fills; no read may return a value older than one committed (and invalidated) before it began."""
+    users = [UserFactory.create(full_name="0") for _ in range(3)]
+    committed = {u.pk: 0 for u in users}
+    guard = threading.Lock()
     errors: list[str] = []
     stop = threading.Event()
+    reads = [0]
 
-    def writer() -> None:
-        for n in range(1, 41):
-            user.full_name = str(n)
-            user.save(update_fields=["full_name"])
-            committed[0] = n  # after commit and after its invalidation
-        stop.set()
-        connections.close_all()
+    def writer(seed: int) -> None:
+        rng = random.Random(seed)
+        try:
+            for _ in range(30):
+                pk = rng.choice(users).pk
+                with transaction.atomic(using="default"):
+                    row = type(users[0]).objects.select_for_update().get(pk=pk)
+                    row.full_name = str(int(row.full_name) + 1)
+                    row.save(update_fields=["full_name"])
+                # After commit and after the invalidation it ran.
+                with guard:
+                    committed[pk] = max(committed[pk], int(row.full_name))
+        finally:
+            connections.close_all()
 
-    def reader() -> None:
-        rng = random.Random()
-        while not stop.is_set():
-            floor = committed[0]
-            payload = cache.read_backend_user(user.pk)
-            seen = int(payload["full_name"]) if payload else -1
-            if seen < floor:
-                errors.append(f"read {seen} after {floor} committed")
-            if rng.random() < 0.1:
-                caches["default"].delete(backend_user_key(user.pk))  # force more fills
-        connections.close_all()
+    def reader(seed: int) -> None:
+        rng = random.Random(seed)
+        try:
+            while not stop.is_set():
+                pk = rng.choice(users).pk
+                with guard:
+                    floor = committed[pk]
+                payload = cache.read_backend_user(pk)
+                seen = int(payload["full_name"]) if payload else -1
+                reads[0] += 1
+                if seen < floor:
+                    errors.append(f"{pk}: read {seen} after {floor} committed")
+                if rng.random() < 0.2:
+                    caches["default"].delete(backend_user_key(pk))  # force more fills
+        finally:
+            connections.close_all()
 
-    threads = [threading.Thread(target=writer), *(threading.Thread(target=reader) for _ in range(3))]
-    for t in threads:
+    seed = random.randrange(1 << 30)
+    writers = [threading.Thread(target=writer, args=(seed + k,)) for k in range(2)]
+    readers = [threading.Thread(target=reader, args=(seed + 10 + k,)) for k in range(3)]
+    for t in (*writers, *readers):
         t.start()
-    for t in threads:
-        t.join(timeout=60)
-    assert stop.is_set()
-    assert errors == []
-    assert cache.read_backend_user(user.pk)["full_name"] == "40"  # type: ignore[index]
+    for t in writers:
+        t.join(timeout=120)
+    stop.set()
+    for t in readers:
+        t.join(timeout=30)
+    assert sum(committed.values()) == 60, f"seed {seed}"
+    assert reads[0] > 60, f"seed {seed}"
+    assert errors == [], f"seed {seed}"
+    for u in users:
+        assert cache.read_backend_user(u.pk)["full_name"] == str(committed[u.pk])  # type: ignore[index]
 
 
 def test_cache__a_failed_invalidation_is_retried_by_a_task(worker: object) -> None:
