@@ -1,9 +1,11 @@
 """Read cache entries in bulk, on Redis (django-redis) or the local-memory cache.
 
 - Redis: keys are listed with SCAN (``scan_iter`` with ``count``), never KEYS;
-  values and TTLs come from one pipeline per batch (MGET plus PTTL per key),
-  read as raw bytes through django-redis' raw client so an undecodable value
-  is seen as such instead of raising.
+  values and TTLs come from one pipeline per batch (MGET, and one Lua call
+  returning every key's PTTL), read as raw bytes through django-redis' raw
+  client so an undecodable value is seen as such instead of raising.
+  ``read_raw`` leaves the bytes undecoded: the audit compares them with the
+  encoded row first and decodes only the entries that differ.
 - Local memory (the embedded default): Django's LocMemCache has no key listing,
   so its ``_cache`` dict (made keys to pickled values) and ``_expire_info`` are
   read under its lock. This is private API, pinned by tests/engine/test_cachecheck.py.
@@ -49,6 +51,19 @@ def decode_json(raw: bytes) -> dict[str, Any] | Undecodable:
     if not isinstance(value, dict):
         return Undecodable(f"JSON {type(value).__name__}, not an object")
     return value
+
+
+@dataclass(frozen=True)
+class RawEntry:
+    """One Redis entry as stored: the serializer's bytes and the TTL (None: no expiry)."""
+
+    key: str
+    raw: bytes
+    ttl: float | None
+
+
+# PTTL of every key in one round trip, without one command (and one reply) per key.
+_PTTLS = "local out = {} for i, key in ipairs(KEYS) do out[i] = redis.call('PTTL', key) end return out"
 
 
 class CacheReader:
@@ -106,19 +121,30 @@ class CacheReader:
         """The entries of ``keys`` that exist (one pipeline on Redis)."""
         if not keys:
             return {}
-        made = [self.made(k) for k in keys]
         if self.is_redis:
-            pipe = self._raw().pipeline(transaction=False)
-            pipe.mget(made)
-            for m in made:
-                pipe.pttl(m)
-            values, *ttls = pipe.execute()
-            return {
-                key: Entry(key, decode_json(raw), None if ttl < 0 else ttl / 1000)
-                for key, raw, ttl in zip(keys, values, ttls, strict=True)
-                if raw is not None
-            }
-        return self._read_locmem(keys, made)
+            return {k: Entry(k, decode_json(e.raw), e.ttl) for k, e in self.read_raw(keys).items()}
+        return self._read_locmem(keys, [self.made(k) for k in keys])
+
+    def read_raw(self, keys: Sequence[str]) -> dict[str, RawEntry]:
+        """Redis only: the entries of ``keys`` that exist, undecoded (one pipeline)."""
+        if not keys:
+            return {}
+        made = [self.made(k) for k in keys]
+        client = self._raw()
+        pipe = client.pipeline(transaction=False)
+        pipe.mget(made)
+        pipe.eval(_PTTLS, len(made), *made)
+        values, ttls = pipe.execute()
+        return {
+            key: RawEntry(key, raw, None if ttl < 0 else ttl / 1000)
+            for key, raw, ttl in zip(keys, values, ttls, strict=True)
+            if raw is not None
+        }
+
+    def encode(self, value: dict[str, Any]) -> bytes:
+        """Redis only: the bytes the cache stores for ``value`` (django-redis' serializer)."""
+        encoded = self.cache.client.encode(value)
+        return encoded if isinstance(encoded, bytes) else str(encoded).encode()
 
     def _read_locmem(self, keys: Sequence[str], made: Sequence[str]) -> dict[str, Entry]:
         out: dict[str, Entry] = {}

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 from .analytics import AnalyticsStore
@@ -92,7 +93,12 @@ def ensure_schema(store: AnalyticsStore) -> list[str]:
 
 
 def latest_rows_sql(
-    table: str, columns: Sequence[str], *, database: str | None = None, where: str | None = None
+    table: str,
+    columns: Sequence[str],
+    *,
+    database: str | None = None,
+    where: str | None = None,
+    key_where: str | None = None,
 ) -> str:
     """SELECT ``columns`` of the latest live version of every id in ``table``.
 
@@ -101,13 +107,19 @@ def latest_rows_sql(
     column. Measured against ``GROUP BY id`` + ``argMax(col, version)`` on 300k ids
     x 2 versions, FINAL gave the same rows about 10x faster on both ClickHouse
     18.16 and chDB 26, and stayed correct with merges stopped.
+
+    ``key_where`` (optional SQL on ``id`` only) is a PREWHERE: it drops rows before
+    versions are replaced, which is right only because every version of a row has
+    the same id, and it spares reading and hashing the other rows (a drill-down
+    into 300 buckets of 10M events: 4 s instead of 26 s on 18.16).
     """
     target = identifier(table, "table")
     if database is not None:
         target = f"{identifier(database, 'database')}.{target}"
     selected = ", ".join(identifier(col, "column") for col in columns)
     condition = f" AND ({where})" if where else ""
-    return f"SELECT {selected} FROM {target} FINAL WHERE deleted = 0{condition}"
+    prewhere = f" PREWHERE {key_where}" if key_where else ""
+    return f"SELECT {selected} FROM {target} FINAL{prewhere} WHERE deleted = 0{condition}"
 
 
 def _get(obj: Any, name: str) -> Any:
@@ -120,9 +132,59 @@ def _version(version: int) -> int:
     return version
 
 
+def _jsonb_number(value: int | float) -> str:
+    if isinstance(value, int):
+        return str(value)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"{value!r} has no JSON form")
+    # PostgreSQL reads the shortest repr Python wrote as a numeric and prints it without
+    # an exponent (1e-05 -> 0.00001); numeric has no negative zero.
+    text = format(Decimal(repr(value)), "f")
+    return text.lstrip("-") if value == 0 else text
+
+
+def _jsonb_key(key: Any) -> str:
+    if isinstance(key, str):
+        return key
+    if isinstance(key, bool) or key is None:
+        return json.dumps(key)
+    if isinstance(key, int | float):
+        return json.dumps(key)  # as json.dumps turns a non-string key into a string
+    raise TypeError(f"a JSON object key must be a string, got {type(key).__name__}")
+
+
+def jsonb_text(value: Any) -> str:
+    """``value`` as PostgreSQL prints it after storing it in a ``jsonb`` column (``content::text``).
+
+    Object keys are ordered by length then bytes (jsonb's order), separators are
+    ``", "`` and ``": "``, strings are escaped as both ``json.dumps(ensure_ascii=False)``
+    and jsonb do, and numbers are printed as PostgreSQL's numeric prints the text
+    ``json.dumps`` wrote. Equal JSON values give equal text.
+    """
+    if value is None or isinstance(value, bool | str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, int | float):
+        return _jsonb_number(value)
+    if isinstance(value, dict):
+        items = sorted(
+            ((_jsonb_key(k), v) for k, v in value.items()),
+            key=lambda kv: (len(kv[0].encode()), kv[0].encode()),
+        )
+        return (
+            "{" + ", ".join(f"{json.dumps(k, ensure_ascii=False)}: {jsonb_text(v)}" for k, v in items) + "}"
+        )
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(jsonb_text(v) for v in value) + "]"
+    raise TypeError(f"no JSON form for a {type(value).__name__}")
+
+
 def canonical_json(value: Any) -> str:
-    """JSON text that is equal for equal values: sorted keys, no spaces, unicode kept."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    """The JSON text an event carries: equal for equal values, and what PostgreSQL computes in SQL.
+
+    It is :func:`jsonb_text`, so the backend side of the analytics audit hashes
+    ``content::text`` inside PostgreSQL instead of rendering every row in Python.
+    """
+    return jsonb_text(value)
 
 
 def message_event_row(message: Any, user_id: str, version: int, *, deleted: bool = False) -> tuple[Any, ...]:

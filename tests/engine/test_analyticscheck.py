@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from django.conf import settings
+from django.db import connection
 from django.test import override_settings
 
 from consistency.backend.models import Message, ToolUsageLog
@@ -78,14 +79,21 @@ def test_fingerprint__same_value_in_clickhouse_and_python(analytics: AnalyticsSt
         analytics.query("SELECT reinterpretAsInt64(reverse(unhex(substring(hex(MD5('abc')), 1, 16))))")[0][0]
     ) == md5_64("abc")
     user = UserFactory.create()
-    message = MessageFactory.create(thread__user=user, content=[{"text": 'héllo | "q"', "n": [1, 2]}])
-    log = ToolUsageLogFactory.create(user=user, created_at=DAY)
+    # Keys jsonb reorders, floats it prints differently from Python, escapes, non-ASCII.
+    content = [{"text": 'héllo | "q"\n', "n": [1, 2.50, 1e-05, 1e16], "aa": {"é": None, "b": True}}]
+    message = MessageFactory.create(thread__user=user, content=content)
+    log = ToolUsageLogFactory.create(user=user, created_at=DAY + dt.timedelta(microseconds=999_999))
     export(analytics)
     for spec, key in ((MESSAGES, message.pk), (TOOL_USAGE, log.pk)):
         inner = f"SELECT id, {spec.fp_sql()} AS f FROM `{analytics.database}`.`{spec.table}`"
         (ch_fp,) = [int(f) for i, f in analytics.query(inner) if spec.key_of(i) == key]
         (py_event,) = spec.source_rows("default", [key])
         assert ch_fp == spec.fingerprint(py_event)
+        if connection.vendor == "postgresql":  # the backend side hashes in SQL there
+            with connection.cursor() as cursor:
+                cursor.execute(spec.pg_select("id", "f"))
+                (pg_fp,) = [int(f) for i, f in cursor.fetchall() if spec.key_of(i) == key]
+            assert pg_fp == ch_fp
 
 
 def test_row_parity__clean_when_exported_even_with_unmerged_versions(analytics: AnalyticsStore) -> None:

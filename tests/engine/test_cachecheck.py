@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -99,6 +100,31 @@ def test_audit__json_that_is_not_an_object_is_undecodable(backend: str) -> None:
     found, _ = audit(USERS)
     expected = "JSON list, not an object" if backend == "redis" else "cannot be unpickled"
     assert expected in found[auth_user_key(user.pk)].detail
+
+
+def test_audit__an_equal_value_in_other_bytes_is_not_stale() -> None:
+    """Redis: entries are first compared as bytes; differing bytes of an equal value still agree."""
+    caches["default"].clear()
+    same, renamed = AuthUserFactory.create(), AuthUserFactory.create()
+    for user in (same, renamed):
+        payload = auth_user_payload(user)
+        reordered = dict(reversed(list(payload.items())))  # another writer's key order and spacing
+        put_raw(auth_user_key(user.pk), json.dumps(reordered, indent=1).encode())
+    AuthUser.objects.using("auth").filter(pk=renamed.pk).update(full_name="Renamed")
+    found, figures = audit(USERS)
+    assert {k: f.kind for k, f in found.items()} == {auth_user_key(renamed.pk): "stale"}
+    assert figures["compared"] == 2
+
+
+def test_audit__few_entries_of_a_large_table_are_read_by_id(backend: str) -> None:
+    """With under 5% of the rows cached the sweep looks the cached ids up instead of streaming."""
+    users = AuthUserFactory.create_batch(45)
+    for user in users[:2]:
+        caches["default"].set(auth_user_key(user.pk), auth_user_payload(user), timeout=3600)
+    AuthUser.objects.using("auth").filter(pk=users[1].pk).update(full_name="Renamed")
+    found, figures = audit(USERS)
+    assert {k: f.kind for k, f in found.items()} == {auth_user_key(users[1].pk): "stale"}
+    assert figures["compared"] == 2
 
 
 def test_audit__thread_entries_and_batches(backend: str) -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta, timezone
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from django.db import connection
 
 from consistency.stores.analytics import AnalyticsStore
 from consistency.stores.analytics_schema import (
@@ -14,6 +16,7 @@ from consistency.stores.analytics_schema import (
     MESSAGE_EVENTS,
     TOOL_USAGE_EVENT_COLUMNS,
     TOOL_USAGE_EVENTS,
+    canonical_json,
     ensure_schema,
     latest_rows_sql,
     message_event_row,
@@ -84,13 +87,47 @@ def test_message_event_row__maps_a_message_in_column_order() -> None:
         "role": "user",
         "assistant_id": "",
         "run_id": "",
-        "content": '[{"text":{"annotations":[],"value":"héllo"},"type":"text"}]',
+        "content": '[{"text": {"value": "héllo", "annotations": []}, "type": "text"}]',
         "created_at": datetime(2023, 11, 14, 22, 13, 20, tzinfo=UTC),
         "version": 3,
         "deleted": 0,
     }
     assert message_event_row(SimpleNamespace(**_message()), "user_1", 3) == row
     assert message_event_row(_message(), "user_1", 4, deleted=True)[-2:] == (4, 1)
+
+
+JSON_VALUES = [
+    [{"type": "text", "text": {"value": "héllo", "annotations": []}}],
+    {"b": 1, "a": 2, "aa": [1.5, 2.50, 1e-05, 1e16, 1e20, -0.0, 100.0, 12345678901234567890, True, None]},
+    {"é": "x", "z": 'q"\\\n\t\x01\x7f\u2028 é', "": {}},
+    "text",
+    -3,
+    [],
+    {1: "int key"},
+    5e-324,
+    -1.25e-7,
+]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("value", JSON_VALUES)
+def test_canonical_json__is_the_text_postgresql_prints_for_jsonb(value: Any) -> None:
+    if connection.vendor != "postgresql":
+        pytest.skip("jsonb is PostgreSQL's")
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT (%s::text)::jsonb::text", [json.dumps(value)])
+        (printed,) = cursor.fetchone()
+    assert canonical_json(value) == printed
+
+
+def test_canonical_json__equal_values_equal_text_and_clear_errors() -> None:
+    assert canonical_json({"b": [1, {"y": 2, "x": 1}], "a": None}) == canonical_json(
+        {"a": None, "b": [1, {"x": 1, "y": 2}]}
+    )
+    with pytest.raises(ValueError, match="no JSON form"):
+        canonical_json({"n": float("nan")})
+    with pytest.raises(TypeError, match="no JSON form for a set"):
+        canonical_json({"s": {1}})
 
 
 def test_tool_usage_event_row__truncates_to_seconds_in_utc() -> None:
@@ -164,6 +201,11 @@ def test_latest_rows_sql__reads_unmerged_versions_and_deletes(analytics_store: A
     assert analytics_store.query(filtered, {"role": "user"}) == [("c",)]
     wrapped = f"SELECT count(), max(version) FROM ({sql})"
     assert analytics_store.query(wrapped) == [(2, 2)]
+    # A PREWHERE on the key still sees every version of the rows it keeps.
+    keyed = latest_rows_sql(
+        MESSAGE_EVENTS, ("id", "role"), database=analytics_store.database, key_where="id IN ('a', 'b')"
+    )
+    assert analytics_store.query(keyed + " ORDER BY id") == [("a", "assistant")]
 
 
 def test_latest_rows_sql__refuses_non_identifiers() -> None:

@@ -58,7 +58,7 @@ def test_export__changes_and_deletes_reach_clickhouse_with_no_duplicates_on_repl
 
     wait_until(lambda: AnalyticsOutbox.objects.count() == 0, what="export")
     assert live(store, "message_events", "user_id", "content") == [
-        (m1.pk, user.pk, '[{"text":"one, edited"}]')
+        (m1.pk, user.pk, '[{"text": "one, edited"}]')
     ]
     assert live(store, "tool_usage_events", "tokens_used") == [(log.pk, 7)]
     deleted = store.query(f"SELECT id FROM `{store.database}`.message_events FINAL WHERE deleted = 1")
@@ -68,7 +68,7 @@ def test_export__changes_and_deletes_reach_clickhouse_with_no_duplicates_on_repl
     m1.save()
     wait_until(lambda: AnalyticsOutbox.objects.count() == 0, what="second export")
     assert versions(store, "message_events") == sorted([(m1.pk, 1), (m2_id, 1)])
-    assert live(store, "message_events", "content") == [(m1.pk, '[{"text":"one, edited"}]')]
+    assert live(store, "message_events", "content") == [(m1.pk, '[{"text": "one, edited"}]')]
 
 
 def test_export__clickhouse_down_keeps_the_batch_and_the_retry_delivers_it(store: AnalyticsStore) -> None:
