@@ -142,7 +142,7 @@ class RowParity(Declaration):
         return self.updated_at is not None
 
     def audit(self, ctx: AuditContext) -> tuple[list[Finding], dict[str, Any]]:
-        from consistency.engine.rowdiff import diff_rows
+        from consistency.engine.rowdiff import diff_rows, first_pass
 
         findings, stats = diff_rows(
             bind_row_parity(self),
@@ -150,6 +150,7 @@ class RowParity(Declaration):
             settle=ctx.settle,
             since=ctx.since,
             progress=ctx.progress,
+            strategy=first_pass(self.name),
         )
         figures = {
             "compared": stats.compared,
@@ -159,6 +160,7 @@ class RowParity(Declaration):
             "connections": stats.extra.get("connections", 2),
             "in_flight": stats.in_flight,
             "mode": "incremental" if ctx.since else "full",
+            "strategy": stats.strategy,
         }
         return findings, figures
 

@@ -1,5 +1,12 @@
 """Row parity: find every row that differs between two sides, at the cost of one scan each.
 
+0. Adaptive first pass (``strategy``, chosen by ``first_pass`` from this check's
+   history): when the previous finished run found no drift and no drift of the
+   check is open, each side first runs one plain aggregate (row count and XOR of
+   the row fingerprints), both in parallel. When they agree the audit stops
+   there: identical tables cost about the floor. When the last run found drift,
+   or the aggregates disagree, the sides are streamed (steps 1-4). The Python
+   dialect always streams.
 1. Both sides are scanned once, in parallel. Each row yields a fingerprint (a
    hash of its key and normalised fields, computed by PostgreSQL) and a locator
    (its TID; in the Python dialect its key payload). Fingerprints go into an
@@ -56,7 +63,47 @@ class RowDiffStats:
     candidates: int = 0
     in_flight: int = 0
     transient: int = 0
+    strategy: str = "stream"  # aggregate | aggregate+stream | stream: the passes that ran
     extra: dict[str, int] = field(default_factory=dict)
+
+
+STRATEGIES = ("aggregate", "stream")
+
+
+def first_pass(check_name: str) -> str:
+    """``aggregate`` when this check's last finished run found no drift and none of its drift is open;
+    ``stream`` when it did (the aggregate would only disagree and add a scan).
+
+    A check never run before starts with the aggregate: an audit is expected to find the stores agreeing.
+    """
+    from consistency.models import CheckRun, Drift
+
+    last = (
+        CheckRun.objects.filter(check_name=check_name, status__in=["ok", "drift"])
+        .order_by("-id")
+        .values_list("status", flat=True)
+        .first()
+    )
+    if last == "drift":
+        return "stream"
+    unresolved = [Drift.Status.OPEN, Drift.Status.ACKNOWLEDGED, Drift.Status.MUTED]
+    if Drift.objects.filter(check_name=check_name, status__in=unresolved).exists():
+        return "stream"
+    return "aggregate"
+
+
+def _aggregates(source: RowSide, target: RowSide, since: dt.datetime | None) -> list[tuple[int, int]]:
+    """Both sides' (rows, digest), each in its own thread and connection."""
+
+    def one(side: RowSide) -> tuple[int, int]:
+        try:
+            return side.aggregate(since)
+        finally:
+            connections[side.alias].close()
+
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="consistency-aggregate") as pool:
+        futures = [pool.submit(one, side) for side in (source, target)]
+        return [f.result() for f in futures]
 
 
 def make_sides(bound: BoundRowParity) -> tuple[RowSide, RowSide]:
@@ -355,10 +402,26 @@ def diff_rows(
     settle: float = 0.0,
     since: dt.datetime | None = None,
     progress: Progress | None = None,
+    strategy: str = "stream",
 ) -> tuple[list[Finding], RowDiffStats]:
-    """Compare both sides of ``bound``; return confirmed findings and the figures."""
+    """Compare both sides of ``bound``; return confirmed findings and the figures.
+
+    ``strategy`` ``aggregate`` runs the aggregate pass first (SQL dialect), ``stream`` does not.
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown row parity strategy {strategy!r}; expected one of {STRATEGIES}")
     stats = RowDiffStats()
     source, target = make_sides(bound)
+    if strategy == "aggregate" and source.dialect == "sql":
+        (stats.source_rows, src_digest), (stats.target_rows, tgt_digest) = _aggregates(source, target, since)
+        stats.segments = 1
+        if stats.source_rows == stats.target_rows and src_digest == tgt_digest:
+            stats.strategy = "aggregate"
+            stats.compared = stats.source_rows
+            if progress is not None:
+                progress(stats.source_rows + stats.target_rows)
+            return [], stats
+        stats.strategy = "aggregate+stream"
     first_source, first_target = _scan(source, target, since, progress, stats)
     stats.compared = max(stats.source_rows, stats.target_rows)
     keys = sorted(set(first_source) | set(first_target))

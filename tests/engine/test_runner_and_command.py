@@ -318,3 +318,32 @@ def test_system_check__invalid_declarations_are_errors(clean_registry: None) -> 
 
 def test_system_check__shipped_declarations_are_valid() -> None:
     assert [e for e in run_checks() if e.id == "consistency.E001"] == []
+
+
+def test_runner__first_pass_follows_the_previous_run(declared: None) -> None:
+    """Aggregate first after a run without drift; stream directly after a run that found drift."""
+    pg = all(connections[a].vendor == "postgresql" for a in ("auth", "default"))
+
+    def strategy() -> tuple[int, str, list[str]]:
+        code, out = run("t_rows", "--format", "json")
+        check = json.loads(out)["checks"][0]
+        return code, check["figures"]["strategy"], sorted(d["key"] for d in check["drifts"])
+
+    fill("auth", range(1, 31))
+    fill("default", range(1, 31))
+    # Never run: aggregate first, and the aggregates agree.
+    assert strategy() == (0, "aggregate" if pg else "stream", [])
+    IntRow.objects.using("default").filter(id=12).update(name="drifted")
+    # The last run found nothing: aggregate first; they disagree, so it streams too.
+    assert strategy() == (1, "aggregate+stream" if pg else "stream", ["12"])
+    # The last run found drift: straight to the stream.
+    assert strategy() == (1, "stream", ["12"])
+    IntRow.objects.using("default").filter(id=12).update(name="name 12")
+    assert strategy() == (0, "stream", [])  # the drift was open when this run chose
+    assert strategy() == (0, "aggregate" if pg else "stream", [])
+    # Drift left open (acknowledged) by an earlier run, even with an ok run in between: stream.
+    IntRow.objects.using("default").filter(id=5).update(name="drifted")
+    assert strategy()[0] == 1
+    Drift.objects.filter(key="5").update(status="acknowledged")
+    CheckRun.objects.filter(check_name="t_rows").update(status="ok")
+    assert strategy() == (1, "stream", ["5"])
