@@ -71,9 +71,17 @@ def store_of(exc: BaseException) -> str:
     return ""
 
 
+def describe_error(exc: BaseException) -> str:
+    """``<Type>: <message>``; a connection pool that stayed full is named as such."""
+    for error in _chain(exc):
+        if type(error).__name__ == "PoolTimeout":  # psycopg_pool's, wrapped by Django's OperationalError
+            return f"PoolTimeout: {error}: every pooled connection stayed busy (DATABASE_POOL_MAX_SIZE)"
+    return f"{type(exc).__name__}: {exc}".strip()
+
+
 def describe_failure(exc: BaseException) -> str:
     """``<store> failed: <Type>: <message>``, or ``<Type>: <message>`` when no store is known."""
-    text = f"{type(exc).__name__}: {exc}".strip()
+    text = describe_error(exc)
     store = store_of(exc)
     if not store or isinstance(exc, StoreError):
         return text

@@ -8,9 +8,11 @@ ClickHouse servers, with short timeouts so a fault ends a run in seconds.
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from io import StringIO
 from typing import Any, TypeVar
 from urllib.parse import urlencode, urlsplit
@@ -22,9 +24,13 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connections
 from django.test import override_settings
+from psycopg_pool import ConnectionPool
 
+from consistency.auth_service.models import AuthUser
+from consistency.backend.models import User
 from consistency.engine.registry import registry
 from consistency.stores.analytics import close_analytics, get_analytics
+from project import env
 from project.env import statement_timeout_options
 from tests.faultproxy import FaultProxy
 
@@ -184,3 +190,62 @@ def seeded(transactional_db: None, analytics_db: str) -> int:
     call_command("seed", "--users", str(users), "--skip-vectors", "--flush", stdout=StringIO())
     close_analytics()
     return users
+
+
+# -- users written directly on both sides (concurrency and load tests) ------------
+
+OLD = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)  # an updated_at long before any audit
+
+
+def make_users(count: int, prefix: str = "u") -> list[str]:
+    """``count`` consistent auth/backend user pairs, last changed at ``OLD``; returns their ids.
+
+    ``bulk_create`` sends no signals: no outbox events, no cache invalidations.
+    """
+    ids = [f"{prefix}{n:04d}" for n in range(count)]
+    AuthUser.objects.using("auth").bulk_create(
+        [AuthUser(id=i, email=f"{i}@users.test", full_name=f"Name {i}", updated_at=OLD) for i in ids]
+    )
+    User.objects.using("default").bulk_create(
+        [User(id=i, email=f"{i}@users.test", full_name=f"Name {i}", updated_at=OLD) for i in ids]
+    )
+    return ids
+
+
+def drift_target(ids: list[str], name: str = "Drifted") -> None:
+    """Silent drift: the backend copies' names change, their updated_at does not."""
+    User.objects.using("default").filter(pk__in=ids).update(full_name=name)
+
+
+def release_connections() -> None:
+    """What Django does at the end of a request: this thread's connections go back (to the pool)."""
+    for alias in connections:
+        connections[alias].close()
+
+
+@contextmanager
+def pooled(monkeypatch: pytest.MonkeyPatch, max_size: int, timeout: float) -> Iterator[dict[str, Any]]:
+    """Both aliases through psycopg's pool, configured exactly as DATABASE_POOL_MAX_SIZE and
+    DATABASE_POOL_TIMEOUT configure it (project.env); yields the pool options."""
+    monkeypatch.setenv("DATABASE_POOL_MAX_SIZE", str(max_size))
+    monkeypatch.setenv("DATABASE_POOL_TIMEOUT", str(timeout))
+    options = env.database("DATABASE_URL", "unused.sqlite3")["OPTIONS"]
+    assert isinstance(options, dict)
+    pool = options["pool"]
+    saved = {a: dict(connections.settings[a].get("OPTIONS") or {}) for a in DATABASES}
+    for alias in DATABASES:
+        connections[alias].close()
+        connections.settings[alias]["OPTIONS"] = {**saved[alias], "pool": dict(pool)}
+    try:
+        yield pool
+    finally:
+        for alias in DATABASES:
+            connections[alias].close()
+            connections[alias].close_pool()  # type: ignore[attr-defined]
+            connections.settings[alias]["OPTIONS"] = saved[alias]
+
+
+def pool_of(alias: str) -> ConnectionPool:
+    pool = connections[alias].pool  # type: ignore[attr-defined]
+    assert isinstance(pool, ConnectionPool), f"{alias} is not pooled"
+    return pool

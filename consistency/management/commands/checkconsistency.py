@@ -21,7 +21,7 @@ from consistency.engine.registry import registry
 from consistency.engine.report import RENDERERS
 from consistency.engine.runner import AuditOptions, run_audit
 from consistency.models import AuditRun
-from consistency.stores.errors import describe_failure, store_of
+from consistency.stores.errors import describe_error, describe_failure, store_of
 
 
 def _since(value: str) -> dt.datetime | str:
@@ -104,7 +104,8 @@ class Command(BaseCommand):
         except DatabaseError as exc:
             # The run itself could not be recorded: the default database is down.
             raise CommandError(
-                f"cannot record the audit in the 'default' database: {mask_urls(str(exc))}", returncode=2
+                f"cannot record the audit in the 'default' database: {mask_urls(describe_error(exc))}",
+                returncode=2,
             ) from exc
         self._write(run, results, options)
         if options["repair"] and run.status != AuditRun.Status.ERROR:
