@@ -25,8 +25,6 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from django.db import connections, models, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
-from django.db.models import BooleanField, Q
-from django.db.models.expressions import RawSQL
 
 from consistency.engine.normalizers import SEPARATOR, Normalizer
 
@@ -173,7 +171,9 @@ class RowSide:
                 found = cursor.fetchone()
             if found and found[0] > 0:
                 return int(found[0])
-        return self.model._default_manager.using(self.alias).count()
+        with self.connection.cursor() as cursor:
+            cursor.execute(f"SELECT count(*) FROM {self.table}")
+            return int(cursor.fetchone()[0])
 
     @property
     def locator_size(self) -> int:
@@ -263,20 +263,53 @@ class RowSide:
         """Python dialect: (fingerprints, payloads) per chunk of rows, hashed here."""
         yield from self._stream_python(since, chunk_rows)
 
-    def _values_qs(self, since: dt.datetime | None = None) -> models.QuerySet:
-        qs = self.model._default_manager.using(self.alias).all()
-        if since is not None and self.updated is not None:
-            qs = qs.filter(**{f"{self.updated.name}__gte": since})
-        return qs
+    # -- raw SELECTs: every identifier through quote_ident, values through the ORM's converters --
+    def _select(
+        self,
+        fields: Sequence[models.Field],
+        where: str = "",
+        params: Sequence[Any] = (),
+        extra: Sequence[str] = (),
+        chunked: bool = False,
+    ) -> Iterator[tuple[Any, ...]]:
+        """Rows of ``fields`` (then the ``extra`` SQL expressions), converted as the ORM would.
+
+        The ORM quotes names with ``ops.quote_name``, which leaves an embedded double
+        quote undoubled, so the engine writes these statements itself. ``chunked``
+        reads through a server-side cursor where the backend has one.
+        """
+        from django.db.models.sql.query import Query
+
+        columns = [self._col(f) for f in fields] + list(extra)
+        sql = f"SELECT {', '.join(columns)} FROM {self.table}{where}"
+        connection = self.connection
+        compiler = connection.ops.compiler("SQLCompiler")(Query(self.model), connection, self.alias)
+        converters = compiler.get_converters([f.get_col(self.model._meta.db_table) for f in fields])
+        cursor = connection.chunked_cursor() if chunked else connection.cursor()
+        with cursor:
+            cursor.execute(sql, list(params))
+            while batch := cursor.fetchmany(10_000):
+                if converters:
+                    batch = compiler.apply_converters(batch, converters)
+                yield from (tuple(row) for row in batch)
+
+    def _prep(self, field: models.Field, value: Any) -> Any:
+        return field.get_db_prep_value(value, self.connection, prepared=False)
+
+    def _since_where(self, since: dt.datetime | None) -> tuple[str, list[Any]]:
+        if since is None or self.updated is None:
+            return "", []
+        return f" WHERE {self._col(self.updated)} >= %s", [self._prep(self.updated, since)]
 
     def _stream_python(self, since: dt.datetime | None, chunk_rows: int) -> Iterator[Chunk]:
         import numpy as np
 
-        names = [f.attname for f in self.key] + [f.attname for _, f, _ in self.fields]
+        columns = [*self.key, *(f for _, f, _ in self.fields)]
         width = len(self.key)
         fps: list[int] = []
         payloads: list[int] = []
-        for values in self._values_qs(since).values_list(*names).iterator(chunk_size=10_000):
+        where, params = self._since_where(since)
+        for values in self._select(columns, where, params, chunked=True):
             key = self.key_text(values[:width])
             fps.append(self.py_fp(key, self.py_norm(values[width:])))
             payloads.append(self.py_payload(values[:width], key))
@@ -287,29 +320,20 @@ class RowSide:
             yield np.array(fps, dtype=np.int64), np.array(payloads, dtype="<i8").tobytes()
 
     # -- rows by key or payload -----------------------------------------------------------
-    def _annotated(self, qs: models.QuerySet) -> models.QuerySet:
-        if self.dialect != "sql":
-            return qs
-        extra = {"_fp": RawSQL(self.fp_sql(), ())}
-        extra.update({f"_n{i}": RawSQL(sql, ()) for i, sql in enumerate(self.norm_sql())})
-        return qs.annotate(**extra)
-
-    def _rows(self, qs: models.QuerySet) -> list[Row]:
-        names = [f.attname for f in self.key] + [f.attname for _, f, _ in self.fields]
+    def _rows(self, where: str, params: Sequence[Any] = ()) -> list[Row]:
+        columns = [*self.key, *(f for _, f, _ in self.fields)]
         if self.updated is not None:
-            names.append(self.updated.attname)
+            columns.append(self.updated)
+        extra = [self.fp_sql(), *self.norm_sql()] if self.dialect == "sql" else []
         width = len(self.key)
-        annotations = []
-        if self.dialect == "sql":
-            annotations = ["_fp"] + [f"_n{i}" for i in range(len(self.fields))]
         out = []
-        for values in self._annotated(qs).values_list(*names, *annotations):
+        for values in self._select(columns, where, params, extra):
             key = self.key_text(values[:width])
             raw_values = values[width : width + len(self.fields)]
             raw = {label: value for (label, _, _), value in zip(self.fields, raw_values, strict=True)}
             updated = values[width + len(self.fields)] if self.updated is not None else None
             if self.dialect == "sql":
-                tail = values[len(names) :]
+                tail = values[len(columns) :]
                 fp, norm = int(tail[0]), tuple(tail[1:])
             else:
                 norm = self.py_norm(raw_values)
@@ -321,20 +345,18 @@ class RowSide:
         parts = key.split(SEPARATOR) if len(self.key) > 1 else [key]
         return tuple(f.to_python(p) for f, p in zip(self.key, parts, strict=True))
 
-    def rows_by_keys(self, keys: Iterable[str], batch: int = 1000) -> dict[str, Row]:
+    def rows_by_keys(self, keys: Iterable[str], batch: int = 500) -> dict[str, Row]:
         keys = list(keys)
         found: dict[str, Row] = {}
-        base = self.model._default_manager.using(self.alias).all()
         for start in range(0, len(keys), batch):
             parsed = [self.parse_key(k) for k in keys[start : start + batch]]
+            params = [self._prep(f, v) for values in parsed for f, v in zip(self.key, values, strict=True)]
             if len(self.key) == 1:
-                qs = base.filter(**{f"{self.key[0].name}__in": [p[0] for p in parsed]})
+                where = f" WHERE {self._col(self.key[0])} IN ({', '.join(['%s'] * len(parsed))})"
             else:
-                cond = Q()
-                for values in parsed:
-                    cond |= Q(**{f.name: v for f, v in zip(self.key, values, strict=True)})
-                qs = base.filter(cond)
-            found.update((row.key, row) for row in self._rows(qs))
+                one = "(" + " AND ".join(f"{self._col(f)} = %s" for f in self.key) + ")"
+                where = " WHERE " + " OR ".join([one] * len(parsed))
+            found.update((row.key, row) for row in self._rows(where, params))
         return found
 
     def rows_by_locators(self, locators: Sequence[bytes], since: dt.datetime | None = None) -> list[Row]:
@@ -342,15 +364,13 @@ class RowSide:
         if self.dialect != "sql":
             return self.rows_by_payloads([int.from_bytes(x, "little", signed=True) for x in locators], since)
         found: list[Row] = []
-        base = self.model._default_manager.using(self.alias).all()
         for start in range(0, len(locators), 10_000):
             # Integers only, so the literal is safe; a TID Scan reads exactly these tuples.
             tids = ",".join(
                 f'"({int.from_bytes(x[:4], "big")},{int.from_bytes(x[4:], "big")})"'
                 for x in locators[start : start + 10_000]
             )
-            at = RawSQL(f"{self.table}.ctid = ANY('{{{tids}}}'::tid[])", (), output_field=BooleanField())
-            found.extend(self._rows(base.filter(at)))
+            found.extend(self._rows(f" WHERE {self.table}.ctid = ANY('{{{tids}}}'::tid[])"))
         return found
 
     def rows_by_payloads(self, payloads: Sequence[int], since: dt.datetime | None = None) -> list[Row]:
@@ -360,9 +380,9 @@ class RowSide:
         if self.int_key:
             return list(self.rows_by_keys([str(p) for p in payloads]).values())
         wanted = set(payloads)
-        names = [f.attname for f in self.key]
         keys = []
-        for values in self._values_qs(since).values_list(*names).iterator(chunk_size=10_000):
+        where, params = self._since_where(since)
+        for values in self._select(self.key, where, params, chunked=True):
             key = self.key_text(values)
             if self.py_payload(values, key) in wanted:
                 keys.append(key)

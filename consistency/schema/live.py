@@ -7,6 +7,8 @@ from typing import Any
 
 from django.db import connections
 
+from consistency.engine.rowside import quote_ident
+
 from .shape import Key, TableShape, normalise_type
 
 #: Tables Django keeps for itself on every database; never part of a migration's state.
@@ -18,7 +20,7 @@ def _column_types(connection: Any, cursor: Any, table: str) -> dict[str, str | N
         cursor.execute(
             "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
             "WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
-            [connection.ops.quote_name(table)],
+            [quote_ident(table)],  # regclass parses identifier syntax; an embedded quote doubled
         )
         return {name: normalise_type("postgresql", kind) for name, kind in cursor.fetchall()}
     described = connection.introspection.get_table_description(cursor, table)
