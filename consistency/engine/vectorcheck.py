@@ -50,7 +50,7 @@ class VectorParity(Declaration):
     """Every message's embedding_id has a vector, and every vector belongs to its message."""
 
     alias: str = "default"
-    batch_size: int = 5000
+    batch_size: int = 16384  # Milvus' largest page: each page is a ranged query over the collection
     repair: Repair = Repair.DELETE_ORPHAN
 
     kind = "vectors"

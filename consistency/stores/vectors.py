@@ -7,62 +7,22 @@ Strong consistency, so an audit sees every write that returned before it.
 
 from __future__ import annotations
 
-import itertools
-import json
-import os
 import re
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from project.env import redact_url
 
 from .cached import CachedStore
 from .errors import StoreError
+from .milvus import GRPC_OPTIONS, chunks, key_ordered_pages, literal, pymilvus
 
 PRIMARY_KEY = "embedding_id"
 MAX_ID_BYTES = 64
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
 _BATCH = 1000
-
-
-_import_lock = threading.Lock()
-
-
-def _pymilvus() -> ModuleType:
-    """pymilvus, imported with a milvus-lite ``MILVUS_URI`` hidden from it."""
-    # pymilvus reads $MILVUS_URI on import as its default server and raises on a .db
-    # path, which this project accepts; every client here is given its URI explicitly.
-    with _import_lock:
-        value = os.environ.get("MILVUS_URI", "")
-        if "://" in value or not value:
-            import pymilvus
-        else:
-            del os.environ["MILVUS_URI"]
-            try:
-                import pymilvus
-            finally:
-                os.environ["MILVUS_URI"] = value
-    return pymilvus
-
-
-def _literal(value: str) -> str:
-    # Milvus reads JSON-style escapes; pymilvus' own `ids=` quoting leaves `\` and `"` raw.
-    return json.dumps(str(value), ensure_ascii=False)
-
-
-def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
-    it = iter(items)
-    while chunk := list(itertools.islice(it, size)):
-        yield chunk
-
-
-# pymilvus pings every 10 s even when idle; a gRPC server's default policy (the
-# milvus-lite server's too) allows one ping in 5 minutes and answers more with
-# GOAWAY "too many pings", after which the cached client cannot reconnect.
-GRPC_OPTIONS = {"grpc.keepalive_time_ms": 300_000, "grpc.keepalive_permit_without_calls": False}
 
 
 class VectorStore:
@@ -103,7 +63,7 @@ class VectorStore:
                 if "://" not in self.uri:
                     Path(self.uri).parent.mkdir(parents=True, exist_ok=True)
                 try:
-                    self._client = _pymilvus().MilvusClient(
+                    self._client = pymilvus().MilvusClient(
                         self.uri, timeout=self.timeout, grpc_options=GRPC_OPTIONS
                     )
                 except Exception as exc:
@@ -129,7 +89,7 @@ class VectorStore:
 
     def ensure_collection(self) -> bool:
         """Create and load the collection if missing; True if created, False if it existed."""
-        pymilvus = _pymilvus()
+        module = pymilvus()
         if self._call("look up", "has_collection", self.collection):
             found = self.dimension()
             if found != self.dim:
@@ -142,8 +102,8 @@ class VectorStore:
                 "load", "load_collection", self.collection, timeout=max(self.timeout, self.LOAD_TIMEOUT)
             )
             return False
-        kinds = pymilvus.DataType
-        schema = pymilvus.MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        kinds = module.DataType
+        schema = module.MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field(PRIMARY_KEY, kinds.VARCHAR, is_primary=True, max_length=MAX_ID_BYTES)
         schema.add_field("message_id", kinds.VARCHAR, max_length=MAX_ID_BYTES)
         schema.add_field("vector", kinds.FLOAT_VECTOR, dim=self.dim)
@@ -175,7 +135,7 @@ class VectorStore:
     def upsert(self, rows: Iterable[dict[str, Any]], batch_size: int = _BATCH) -> int:
         """Insert or replace rows (``embedding_id``, ``message_id``, ``vector``); return the count."""
         total = 0
-        for chunk in _chunks(rows, batch_size):
+        for chunk in chunks(rows, batch_size):
             data = [self._checked(row) for row in chunk]
             result = self._call("upsert into", "upsert", self.collection, data)
             total += int(result.get("upsert_count", len(data)))
@@ -197,12 +157,12 @@ class VectorStore:
         return {**keys, "vector": vector}
 
     def _ids_filter(self, ids: Sequence[str]) -> str:
-        return f"{PRIMARY_KEY} in [{', '.join(_literal(i) for i in ids)}]"
+        return f"{PRIMARY_KEY} in [{', '.join(literal(i) for i in ids)}]"
 
     def get(self, ids: Sequence[str]) -> list[dict[str, Any]]:
         """The rows for ``ids`` that exist, as dicts with a list-of-float ``vector``."""
         found: list[dict[str, Any]] = []
-        for chunk in _chunks(ids, _BATCH):
+        for chunk in chunks(ids, _BATCH):
             rows = self._call(
                 "read from",
                 "query",
@@ -224,7 +184,7 @@ class VectorStore:
     def delete(self, ids: Sequence[str]) -> int:
         """Delete ``ids``; return how many existed (Milvus itself echoes every id asked for)."""
         deleted = 0
-        for chunk in _chunks(ids, _BATCH):
+        for chunk in chunks(ids, _BATCH):
             present = [
                 r[PRIMARY_KEY]
                 for r in self._call(
@@ -255,32 +215,24 @@ class VectorStore:
 
     def iter_ids(self, batch_size: int = 5000) -> Iterator[list[tuple[str, str]]]:
         """Yield every (embedding_id, message_id) once, ``batch_size`` at a time, in key order."""
-        if not 1 <= batch_size <= 16384:
-            raise ValueError(f"batch_size must be between 1 and 16384 (Milvus' limit), got {batch_size}")
-        last: str | None = None
-        while True:
-            # Ranged pages by key. `iterator`/`reduce_stop_for_best` are what pymilvus'
-            # own query_iterator sends to get pages sorted by key; its cursor, though,
-            # is not escaped, so ids holding `"` or `\` would break it.
-            rows = self._call(
-                "iterate over",
-                "query",
-                self.collection,
-                filter="" if last is None else f"{PRIMARY_KEY} > {_literal(last)}",
-                output_fields=[PRIMARY_KEY, "message_id"],
-                limit=batch_size,
-                iterator="True",
-                reduce_stop_for_best="True",
-                consistency_level="Strong",
+
+        def page(filter_: str, limit: int) -> list[dict[str, Any]]:
+            return list(
+                self._call(
+                    "iterate over",
+                    "query",
+                    self.collection,
+                    filter=filter_,
+                    output_fields=[PRIMARY_KEY, "message_id"],
+                    limit=limit,
+                    iterator="True",
+                    reduce_stop_for_best="True",
+                    consistency_level="Strong",
+                )
             )
-            if not rows:
-                return
-            batch = [(r[PRIMARY_KEY], r["message_id"]) for r in rows]
-            keys = [key.encode() for key, _ in batch]
-            if keys != sorted(keys) or (last is not None and keys[0] <= last.encode()):
-                raise StoreError(self.kind, f"{self.collection}: the server returned a page out of key order")
-            yield batch
-            last = batch[-1][0]
+
+        for rows in key_ordered_pages(page, PRIMARY_KEY, batch_size, f"{self.kind}: {self.collection}"):
+            yield [(r[PRIMARY_KEY], r["message_id"]) for r in rows]
 
     def drop(self) -> None:
         """Drop the collection if it exists (tests and rebuilds)."""
