@@ -7,24 +7,32 @@ audit is not acked late: a worker lost mid-audit is covered by the next schedule
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from celery import shared_task
 
 from consistency.stores.errors import StoreError
-from consistency.sync import alerts, analytics, audits, cache, relay
+from consistency.sync import alerts, analytics, audits, cache, outbox, relay
+
+
+def _ask_for_help() -> Callable[[], None] | None:
+    """A relay that finds a backlog queues one more relay task, so an idle worker joins in (and,
+    finding a full batch too, asks again): one commit of many users still uses every worker.
+    Not in-process (eager), where the extra task would run nested inside this one."""
+    return None if relay_outbox.app.conf.task_always_eager else outbox.trigger_relay
 
 
 @shared_task(name="consistency.relay_outbox", acks_late=True, soft_time_limit=120, time_limit=150)
 def relay_outbox(limit: int | None = None) -> dict[str, int]:
     """Relay pending auth-user events (triggered after each commit on ``auth``)."""
-    return relay.relay_pending(limit, max_batches=20).__dict__
+    return relay.relay_pending(limit, max_batches=20, on_backlog=_ask_for_help()).__dict__
 
 
 @shared_task(name="consistency.sweep_outbox", acks_late=True, soft_time_limit=240, time_limit=300)
 def sweep_outbox() -> dict[str, int]:
     """The periodic sweep: relays whatever a lost trigger left behind."""
-    return relay.relay_pending().__dict__
+    return relay.relay_pending(on_backlog=_ask_for_help()).__dict__
 
 
 @shared_task(

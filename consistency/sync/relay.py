@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -297,11 +298,20 @@ def relay_batch(limit: int | None = None) -> RelayResult:
     return RelayResult(claimed=len(events), applied=applied, stale=len(done) - applied, failed=failed)
 
 
-def relay_pending(limit: int | None = None, max_batches: int = 100) -> RelayResult:
-    """Relay batches until nothing is pending (or only failing events are left)."""
+def relay_pending(
+    limit: int | None = None, max_batches: int = 100, on_backlog: Callable[[], None] | None = None
+) -> RelayResult:
+    """Relay batches until nothing is pending (or only failing events are left).
+
+    ``on_backlog`` is called once if the first batch comes back full: more events wait than one
+    batch holds, so the caller may ask another worker to join (batches never overlap).
+    """
+    limit = int(limit or sync_setting("SYNC_BATCH_SIZE"))
     total = RelayResult()
-    for _ in range(max_batches):
+    for number in range(max_batches):
         batch = relay_batch(limit)
+        if number == 0 and on_backlog is not None and batch.claimed >= limit:
+            on_backlog()
         total = RelayResult(
             claimed=total.claimed + batch.claimed,
             applied=total.applied + batch.applied,

@@ -19,7 +19,7 @@ from consistency.cachekeys import auth_session_key, auth_user_key, backend_user_
 from consistency.models import UserSyncState
 from consistency.sync import auth_users, relay
 from consistency.sync.cache import read_auth_session, read_auth_user, read_backend_user
-from consistency.tasks import sweep_outbox
+from consistency.tasks import relay_outbox, sweep_outbox
 from project.celery import app
 from tests.sync.conftest import purge_broker, sync_db, using_broker, wait_until
 
@@ -228,3 +228,18 @@ def test_relay__an_unknown_sync_delete_mode_is_refused_by_name_and_loses_nothing
         relay.relay_batch()
     assert relay.pending_count() == 1
     assert synced("u-m")
+
+
+def test_relay__a_relay_that_finds_a_backlog_asks_one_more_worker_to_join() -> None:
+    """One commit of many users triggers one task; its first batch comes back full, so it queues
+    one more relay task (run here, no worker: the queued task stays in the broker to count)."""
+    auth_users.bulk_create_users([AuthUser(id=f"u-bl{i:02}", email=f"bl{i}@corp.io") for i in range(12)])
+    purge_broker()
+    with override_settings(CONSISTENCY={"SYNC_BATCH_SIZE": 5}):
+        assert relay_outbox.apply().get()["claimed"] == 12
+        assert purge_broker() == 1  # the help request
+
+        auth_users.create_user(email="single@corp.io", user_id="u-single")
+        purge_broker()
+        assert relay_outbox.apply().get()["claimed"] == 1
+        assert purge_broker() == 0  # no backlog, no help asked
