@@ -223,6 +223,9 @@ def release_connections() -> None:
         connections[alias].close()
 
 
+POOLED_APPLICATION = "consistency-pooled-test"
+
+
 @contextmanager
 def pooled(monkeypatch: pytest.MonkeyPatch, max_size: int, timeout: float) -> Iterator[dict[str, Any]]:
     """Both aliases through psycopg's pool, configured exactly as DATABASE_POOL_MAX_SIZE and
@@ -235,7 +238,13 @@ def pooled(monkeypatch: pytest.MonkeyPatch, max_size: int, timeout: float) -> It
     saved = {a: dict(connections.settings[a].get("OPTIONS") or {}) for a in DATABASES}
     for alias in DATABASES:
         connections[alias].close()
-        connections.settings[alias]["OPTIONS"] = {**saved[alias], "pool": dict(pool)}
+        # Tagged so that counting server connections sees this pool's (and any the app opens
+        # past it on the alias), not those other tests' worker threads left open.
+        connections.settings[alias]["OPTIONS"] = {
+            **saved[alias],
+            "pool": dict(pool),
+            "application_name": POOLED_APPLICATION,
+        }
     try:
         yield pool
     finally:

@@ -32,6 +32,7 @@ from consistency.models import AuditRun, CheckRun, Drift
 from consistency.stores.errors import describe_failure
 from consistency.sync.cache import read_auth_user, read_backend_user
 from tests.reliability.conftest import (
+    POOLED_APPLICATION,
     command,
     drift_target,
     finishes,
@@ -107,10 +108,13 @@ def all_at_once(calls: list[Callable[[], Any]]) -> list[Any]:
 
 
 def backends(alias: str) -> int:
-    """Server connections open on ``alias``'s test database (from a connection outside the pool)."""
+    """Server connections the pooled settings opened on ``alias``'s test database."""
     name = connections[alias].settings_dict["NAME"]
     with connections["auth"].cursor() as cursor:
-        cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s", [name])
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND application_name = %s",
+            [name, POOLED_APPLICATION],
+        )
         return int(cursor.fetchone()[0])
 
 
