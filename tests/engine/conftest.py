@@ -14,7 +14,6 @@ from decimal import Decimal
 import pytest
 from django.db import connections
 
-from consistency.engine.registry import registry
 from tests.testapp.models import TEST_MODELS
 
 ALIASES = ("auth", "default")
@@ -41,16 +40,6 @@ def tables(transactional_db: None, django_db_blocker: object) -> Iterator[None]:
     for alias in ALIASES:
         connections[alias].close()
         _drop(alias)
-
-
-@pytest.fixture
-def clean_registry() -> Iterator[None]:
-    """Lets a test register its own declarations and removes them afterwards."""
-    registry.autodiscover()
-    before = dict(registry._checks)
-    yield
-    registry._checks.clear()
-    registry._checks.update(before)
 
 
 def shape(i: int, **overrides: object) -> dict[str, object]:

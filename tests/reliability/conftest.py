@@ -28,7 +28,6 @@ from psycopg_pool import ConnectionPool
 
 from consistency.auth_service.models import AuthUser
 from consistency.backend.models import User
-from consistency.engine.registry import registry
 from consistency.stores.analytics import close_analytics, get_analytics
 from project import env
 from project.env import statement_timeout_options
@@ -170,16 +169,6 @@ def clickhouse_proxy(analytics_db: str) -> Iterator[FaultProxy]:
         proxy.heal()
         close_analytics()
     proxy.close()
-
-
-@pytest.fixture
-def clean_registry() -> Iterator[None]:
-    """Lets a test register its own declarations and removes them afterwards."""
-    registry.autodiscover()
-    before = dict(registry._checks)
-    yield
-    registry._checks.clear()
-    registry._checks.update(before)
 
 
 @pytest.fixture
