@@ -1,10 +1,13 @@
 """Analytics row parity: backend rows against the latest live version of their events.
 
 1. One pass per side, both sides at once: (count, sum of fingerprints mod 2^64)
-   per key bucket; ClickHouse computes it over ``latest_rows_sql`` (FINAL,
-   ``deleted = 0``), PostgreSQL in SQL too (``EventSpec.pg_select``; other
-   databases stream rows and hash them in Python).
-2. Only the differing buckets are read again, as (id, fingerprint) pairs.
+   per key range (``analyticsranges``: a key prefix or ``id div width``, sized
+   from the source for about 1,000 rows a range); ClickHouse computes it over
+   ``latest_rows_sql`` (FINAL, ``deleted = 0``), PostgreSQL in SQL too
+   (``EventSpec.pg_select``; other databases stream rows and hash them in Python).
+2. Only the differing ranges are read again, as (id, fingerprint) pairs: a
+   primary-key range read on both sides (PREWHERE on ClickHouse's ``ORDER BY
+   id``, index ranges on PostgreSQL), not a second pass over the table.
 3. Candidates are re-read by id after the settle delay and confirmed.
 Repair re-exports missing or changed rows with a higher version and writes a
 delete (``deleted = 1``, higher version) for extra events; each is a no-op when
@@ -22,7 +25,8 @@ from typing import Any
 
 from django.db import connections, transaction
 
-from consistency.engine.analyticsfp import MASK, SPECS, EventSpec, bucket_hex, bucket_of, render
+from consistency.engine import analyticsranges as ranges
+from consistency.engine.analyticsfp import MASK, SPECS, EventSpec, render
 from consistency.engine.declarations import Declaration, DeclarationError, Repair
 from consistency.engine.findings import Action, AuditContext, Finding
 from consistency.stores.analytics import AnalyticsStore, get_analytics
@@ -51,15 +55,15 @@ class EventSide:
             self.spec.table, self.spec.columns, database=self.store.database, key_where=key_where
         )
 
-    def buckets(self) -> dict[int, tuple[int, int]]:
-        inner = f"SELECT {self.spec.bucket_sql()} AS b, {self.spec.fp_sql()} AS f FROM ({self._latest()})"
-        rows = self.store.query(f"SELECT b, count(), sum(f) FROM ({inner}) GROUP BY b")
-        return {int(b): (int(n), int(s) & MASK) for b, n, s in rows}
+    def buckets(self, buckets: ranges.Buckets) -> dict[Any, tuple[int, int]]:
+        inner = f"SELECT {buckets.ch_sql()} AS b, {self.spec.fp_sql()} AS f FROM ({self._latest()})"
+        rows = self.store.query(f"SELECT {buckets.ch_out('b')}, count(), sum(f) FROM ({inner}) GROUP BY b")
+        return {buckets.decode(b): (int(n), int(s) & MASK) for b, n, s in rows}
 
-    def fingerprints(self, buckets: Sequence[int]) -> dict[Any, int]:
+    def fingerprints(self, buckets: ranges.Buckets, chosen: Sequence[Any]) -> dict[Any, int]:
         out: dict[Any, int] = {}
-        for chunk in _chunks(list(buckets), 20_000):  # each chunk costs a scan: few and large
-            latest = self._latest(f"{self.spec.bucket_sql()} IN {in_list(chunk)}")
+        for chunk in _chunks(list(chosen), ranges.MAX_RANGES):  # primary-key ranges: granules read
+            latest = self._latest(ranges.ch_where(buckets, chunk))
             rows = self.store.query(f"SELECT id, {self.spec.fp_sql()} AS f FROM ({latest})")
             out.update({self.spec.key_of(i): int(f) for i, f in rows})
         return out
@@ -121,15 +125,19 @@ class AnalyticsRowParity(Declaration):
     def _in_sql(self) -> bool:
         return connections[self.source_alias].vendor == "postgresql"
 
-    def _source_buckets(self, progress: Any) -> tuple[dict[int, tuple[int, int]], int]:
+    def _source_buckets(
+        self, buckets: ranges.Buckets, progress: Any
+    ) -> tuple[dict[Any, tuple[int, int]], int]:
         if self._in_sql():
-            sql = f"SELECT b, count(*), sum(f) FROM ({self.spec.pg_select('b', 'f')}) s GROUP BY b"
+            bucket = buckets.pg_sql(self.spec.pg_key)
+            inner = self.spec.pg_select("b", "f", bucket=bucket)
+            sql = f"SELECT {buckets.pg_out('b')}, count(*), sum(f) FROM ({inner}) s GROUP BY b"
             with (
                 transaction.atomic(using=self.source_alias),
                 connections[self.source_alias].cursor() as cursor,
             ):
-                # The planner cannot know 65536 groups from an expression, expects one a row and
-                # sorts 10M rows; a hash table of 65536 groups fits in a few MB.
+                # The planner cannot know the number of groups of an expression, expects one
+                # a row and sorts 10M rows; a hash table of 10,000 groups fits in a few MB.
                 cursor.execute("SET LOCAL enable_sort = off")
                 cursor.execute("SET LOCAL work_mem = '64MB'")
                 cursor.execute(sql)
@@ -137,11 +145,11 @@ class AnalyticsRowParity(Declaration):
             total = sum(int(n) for _, n, _ in rows)
             if progress:
                 progress(total)
-            return {int(b, 16): (int(n), int(s) & MASK) for b, n, s in rows}, total
-        acc: dict[int, list[int]] = {}
+            return {buckets.decode(b): (int(n), int(s) & MASK) for b, n, s in rows}, total
+        acc: dict[Any, list[int]] = {}
         total = 0
         for event in self.spec.source_rows(self.source_alias):
-            cell = acc.setdefault(bucket_of(event[0]), [0, 0])
+            cell = acc.setdefault(buckets.of(event[0]), [0, 0])
             cell[0] += 1
             cell[1] = (cell[1] + self.spec.fingerprint(event)) & MASK
             total += 1
@@ -149,17 +157,24 @@ class AnalyticsRowParity(Declaration):
                 progress(10000)
         return {b: (n, s) for b, (n, s) in acc.items()}, total
 
-    def _source_fingerprints(self, buckets: Sequence[int]) -> dict[Any, int]:
+    def _ranged(self) -> bool:
+        """Whether PostgreSQL's key index orders keys as ClickHouse does (range reads hold)."""
+        if self.spec.integer_key:
+            return True
+        meta = self.spec.model._meta
+        return ranges.byte_ordered(self.source_alias, meta.db_table, str(meta.pk.column))
+
+    def _source_fingerprints(self, buckets: ranges.Buckets, chosen: Sequence[Any]) -> dict[Any, int]:
         if self._in_sql():
-            sql = self.spec.pg_select("id", "f", where=f"{self.spec.pg_bucket_sql()} = ANY(%s)")
+            where, params = ranges.pg_where(buckets, chosen, self.spec.pg_key, self._ranged())
             with connections[self.source_alias].cursor() as cursor:
-                cursor.execute(sql, [[bucket_hex(b) for b in buckets]])
+                cursor.execute(self.spec.pg_select("id", "f", where=where), params)
                 return {self.spec.key_of(i): int(f) for i, f in cursor.fetchall()}
-        wanted = set(buckets)
+        wanted = set(chosen)
         return {
             self.spec.key_of(e[0]): self.spec.fingerprint(e)
             for e in self.spec.source_rows(self.source_alias)
-            if bucket_of(e[0]) in wanted
+            if buckets.of(e[0]) in wanted
         }
 
     def classify(self, side: EventSide, keys: Iterable[Any]) -> dict[Any, Finding]:
@@ -198,17 +213,28 @@ class AnalyticsRowParity(Declaration):
     def audit(self, ctx: AuditContext) -> tuple[list[Finding], dict[str, Any]]:
         side = EventSide(get_analytics(), self.spec)
         clock = [time.perf_counter()]
+        buckets = ranges.choose(self.spec.model, self.source_alias, self.spec.integer_key)
+        sides: dict[str, float] = {}
+
+        def timed(name: str, fn: Any, *args: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return fn(*args)
+            finally:
+                sides[name] = round(time.perf_counter() - start, 2)
+
         with ThreadPoolExecutor(max_workers=1) as pool:
             # ClickHouse works in its own thread while this one reads the database.
-            target_future = pool.submit(side.buckets)
-            source, compared = self._source_buckets(ctx.progress)
+            clock.append(time.perf_counter())
+            target_future = pool.submit(timed, "clickhouse", side.buckets, buckets)
+            source, compared = timed("source", self._source_buckets, buckets, ctx.progress)
             target = target_future.result()
             clock.append(time.perf_counter())
             differing = sorted(b for b in set(source) | set(target) if source.get(b) != target.get(b))
             candidates: set[Any] = set()
             if differing:
-                theirs_future = pool.submit(side.fingerprints, differing)
-                ours = self._source_fingerprints(differing)
+                theirs_future = pool.submit(side.fingerprints, buckets, differing)
+                ours = self._source_fingerprints(buckets, differing)
                 theirs = theirs_future.result()
                 candidates = {k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k)}
             clock.append(time.perf_counter())
@@ -223,9 +249,12 @@ class AnalyticsRowParity(Declaration):
             "seconds": {  # time of each phase (none after buckets when nothing differs)
                 phase: round(b - a, 2)
                 for phase, (a, b) in zip(
-                    ("buckets", "drill_down", "confirm"), itertools.pairwise(clock), strict=False
+                    ("sizing", "buckets", "drill_down", "confirm"), itertools.pairwise(clock), strict=False
                 )
             },
+            "bucket_seconds": sides,  # each side's first pass, run at the same time
+            "buckets": buckets.describe(),
+            "bucket_count": len(set(source) | set(target)),
             "segments": len(differing),
             "candidates": len(candidates),
             "in_flight": len(first) - len(confirmed),

@@ -5,7 +5,7 @@ A row's text is its event columns (``analytics_schema``'s mapping, without
 fingerprint is the first 8 bytes of MD5(text) as a big-endian signed 64-bit
 integer: ``md5_64`` in Python, ``FP_SQL`` inside ClickHouse (18.16 and current
 alike), and ``('x'||substr(md5(t),1,16))::bit(64)::bigint`` on PostgreSQL.
-Rows are spread over 65536 buckets by the first 2 bytes of MD5(id).
+Rows are grouped into key ranges (``analyticsranges``).
 Message content is rendered as PostgreSQL prints jsonb (``canonical_json``), so on
 PostgreSQL the backend side computes text, fingerprint and bucket in SQL
 (``pg_select``) and only aggregates leave the database; on other databases
@@ -38,21 +38,11 @@ from consistency.stores.analytics_schema import (
 
 SEP = "\x1f"
 MASK = (1 << 64) - 1
-BUCKET_DIGITS = 4  # hex digits of MD5(id): 65536 buckets
 
 
 def md5_64(text: str) -> int:
     """The first 8 bytes of MD5(``text``), big-endian, signed."""
     return int.from_bytes(hashlib.md5(text.encode()).digest()[:8], "big", signed=True)  # noqa: S324
-
-
-def bucket_of(key: Any) -> int:
-    """The row's bucket: the first 2 bytes of MD5(id) as a number (0..65535)."""
-    return int.from_bytes(hashlib.md5(str(key).encode()).digest()[:2], "big")  # noqa: S324
-
-
-def bucket_hex(bucket: int) -> str:
-    return f"{bucket:0{BUCKET_DIGITS}x}"
 
 
 def render(value: Any) -> str:
@@ -82,7 +72,7 @@ class EventSpec:
         return md5_64(SEP.join(render(v) for v in event[: len(self.columns)]))
 
     def key_of(self, value: Any) -> Any:
-        return int(value) if self.types["id"].startswith(("UInt", "Int")) else str(value)
+        return int(value) if self.integer_key else str(value)
 
     def text_sql(self) -> str:
         parts = []
@@ -99,10 +89,6 @@ class EventSpec:
     def fp_sql(self) -> str:
         return f"reinterpretAsInt64(reverse(unhex(substring(hex(MD5({self.text_sql()})), 1, 16))))"
 
-    def bucket_sql(self) -> str:
-        # A number, not hex text: grouping 10M events by a UInt16 takes half the time.
-        return "reinterpretAsUInt16(reverse(substring(MD5(toString(id)), 1, 2)))"
-
     def pg_id_sql(self) -> str:
         return self.pg_texts[0]
 
@@ -111,14 +97,19 @@ class EventSpec:
         text = "concat_ws(chr(31), " + ", ".join(self.pg_texts) + ")"
         return f"('x' || substr(md5({text}), 1, 16))::bit(64)::bigint"
 
-    def pg_bucket_sql(self) -> str:
-        """The bucket as hex text (``bucket_hex``); cheaper to compute than its number here."""
-        return f"substr(md5({self.pg_id_sql()}), 1, {BUCKET_DIGITS})"
+    @property
+    def integer_key(self) -> bool:
+        return self.types["id"].startswith(("UInt", "Int"))
 
-    def pg_select(self, *columns: str, where: str = "") -> str:
+    @property
+    def pg_key(self) -> str:
+        """The backend key column as the FROM clause names it (``m.id``): what the index orders."""
+        return self.pg_texts[0].split("::", 1)[0]
+
+    def pg_select(self, *columns: str, where: str = "", bucket: str = "") -> str:
         """``SELECT columns FROM`` the backend table (``id``, ``b``, ``f`` name the row's key text,
-        bucket and fingerprint)."""
-        named = {"id": self.pg_id_sql(), "b": self.pg_bucket_sql(), "f": self.pg_fp_sql()}
+        its bucket, the SQL ``bucket``, and fingerprint)."""
+        named = {"id": self.pg_id_sql(), "b": bucket, "f": self.pg_fp_sql()}
         selected = ", ".join(f"{named[c]} AS {c}" if c in named else c for c in columns)
         return f"SELECT {selected} FROM {self.pg_from}" + (f" WHERE {where}" if where else "")
 

@@ -14,6 +14,7 @@ from django.db import connection
 from django.test import override_settings
 
 from consistency.backend.models import Message, ToolUsageLog
+from consistency.engine import analyticsranges as ranges
 from consistency.engine import repair
 from consistency.engine.analyticscheck import AnalyticsRowParity
 from consistency.engine.analyticsdaily import AnalyticsDailyParity
@@ -196,3 +197,71 @@ def test_command__unreachable_clickhouse_exits_2() -> None:
     close_analytics()
     assert code == 2
     assert "analytics_message_events" in out
+
+
+def test_key_ranges__same_bucket_and_range_on_every_side(analytics: AnalyticsStore) -> None:
+    """A prefix bucket is the same in Python, PostgreSQL and ClickHouse, and its range holds it."""
+    thread = MessageFactory.create(id="msg_a").thread
+    keys = ["msg_a", "msg_ab", "msg_abc", "msg_ac", "msg_é1", "msg_é2", "msg_'q", "msg_\U0010ffffz", "m"]
+    for key in keys[1:]:
+        MessageFactory.create(id=key, thread=thread)
+    export(analytics)
+    table = f"`{analytics.database}`.`{MESSAGE_EVENTS}`"
+    for length in (5, 6, 7):  # 6 and 7 cut a character
+        buckets = ranges.PrefixBuckets(length)
+        expected = {k: buckets.of(k) for k in keys}
+        rows = analytics.query(f"SELECT id, {buckets.ch_out(buckets.ch_sql())} FROM {table}")
+        assert {i: buckets.decode(b) for i, b in rows} == expected
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute(f"SELECT id, {buckets.pg_out(buckets.pg_sql('id'))} FROM messages")
+                assert {i: buckets.decode(b) for i, b in cursor.fetchall()} == expected
+        for bucket in set(expected.values()):
+            inside = {k for k, b in expected.items() if b == bucket}
+            found = analytics.query(f"SELECT id FROM {table} WHERE {ranges.ch_where(buckets, [bucket])}")
+            assert {i for (i,) in found} == inside, bucket
+            if connection.vendor == "postgresql":
+                for ranged in (True, False):
+                    sql, params = ranges.pg_where(buckets, [bucket], "id", ranged)
+                    with connection.cursor() as cursor:
+                        cursor.execute(f"SELECT id FROM messages WHERE {sql}", params)
+                        assert {i for (i,) in cursor.fetchall()} == inside, (bucket, ranged)
+
+
+def test_key_ranges__sized_from_the_source() -> None:
+    # 10,000 keys "k0000".."k9999" and 1,000 rows a bucket wanted: 10 buckets, "k0".."k9".
+    keys = [f"k{i:04d}".encode() for i in range(10_000)]
+    assert ranges.prefix_length(keys, 10_000) == 2
+    assert ranges.prefix_length(keys[::10], 10_000) == 2  # a sample gives the same length
+    # As a sample of 10M rows, 10,000 distinct 5-byte prefixes stand for about 10M: 4 bytes.
+    assert ranges.prefix_length(keys, 10_000_000) == 4
+    assert ranges.byte_successor(b"a\xff") == b"b"
+    assert ranges.byte_successor(b"\xff") is None
+    assert ranges.successor("ab") == "ac"
+    assert ranges.successor("a\U0010ffff") == "b"
+    assert ranges.successor("\U0010ffff") is None
+
+
+@pytest.mark.parametrize("many_ranges", [False, True])
+def test_row_parity__drills_into_the_differing_key_ranges_only(
+    analytics: AnalyticsStore, monkeypatch: pytest.MonkeyPatch, many_ranges: bool
+) -> None:
+    """Many buckets (5 rows each): only the drifted ones are read again, by range or by filter."""
+    monkeypatch.setattr(ranges, "TARGET_ROWS", 5)
+    if many_ranges:  # more differing buckets than ranges: one filtered scan instead
+        monkeypatch.setattr(ranges, "MAX_RANGES", 1)
+    thread = MessageFactory.create().thread
+    for i in range(200):
+        MessageFactory.create(id=f"msg_{i:03d}", thread=thread)
+    logs = ToolUsageLogFactory.create_batch(60, user=UserFactory.create())
+    export(analytics)
+    Message.objects.filter(id__in=["msg_007", "msg_150"]).update(role="assistant")
+    ToolUsageLog.objects.filter(pk=logs[30].pk).update(tokens_used=1)
+    findings, figures = MSG.audit(AuditContext(started_at=None, settle=0))  # type: ignore[arg-type]
+    assert {f.key: f.kind for f in findings} == {"msg_007": "mismatch", "msg_150": "mismatch"}
+    assert figures["segments"] == 2
+    assert figures["bucket_count"] > 10
+    findings, figures = TOOLS.audit(AuditContext(started_at=None, settle=0))  # type: ignore[arg-type]
+    assert [(f.key, f.kind) for f in findings] == [(str(logs[30].pk), "mismatch")]
+    assert (figures["segments"], figures["compared"]) == (1, 60)
+    assert figures["bucket_count"] > 5
