@@ -1,4 +1,5 @@
-"""Connections, timing and the shared SQL of the benchmark (databases bench_auth and bench_backend)."""
+"""Connections, timing and the shared SQL of the benchmark (databases bench_auth and bench_backend,
+or BENCH_AUTH_DB and BENCH_BACKEND_DB)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ import psycopg
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = str(ROOT / ".venv" / "bin" / "python")
 PG = os.environ.get("BENCH_PG", "postgres://postgres@127.0.0.1:5432")
-AUTH_DB, BACKEND_DB = "bench_auth", "bench_backend"
+# BENCH_AUTH_DB / BENCH_BACKEND_DB: another pair of databases, so that two benchmarks can keep their data.
+AUTH_DB = os.environ.get("BENCH_AUTH_DB", "bench_auth")
+BACKEND_DB = os.environ.get("BENCH_BACKEND_DB", "bench_backend")
 AUTH_URL, BACKEND_URL = f"{PG}/{AUTH_DB}", f"{PG}/{BACKEND_DB}"
 # The two sides: (database url, table). Source first, as in the `users` declaration.
 SIDES = ((AUTH_URL, "auth_users"), (BACKEND_URL, "users"))
@@ -31,6 +34,38 @@ T = TypeVar("T")
 
 def connect(url: str, **kwargs: Any) -> psycopg.Connection[Any]:
     return psycopg.connect(url, autocommit=True, **kwargs)
+
+
+def refill(url: str, table: str, insert: str, setup: str = "") -> None:
+    """TRUNCATE ``table`` and run ``insert``, its indexes and unique constraints dropped for the load.
+
+    They are rebuilt after with their names and definitions, which is several times faster
+    than maintaining them row by row; then VACUUM (FREEZE, ANALYZE) settles the pages.
+    """
+    with connect(url) as conn:
+        if setup:
+            conn.execute(setup)
+        cons = conn.execute(
+            """SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint
+               WHERE conrelid = %s::regclass AND contype IN ('p', 'u')""",
+            (table,),
+        ).fetchall()
+        idx = conn.execute(
+            """SELECT indexname, indexdef FROM pg_indexes WHERE tablename = %s
+               AND indexname NOT IN (SELECT conname FROM pg_constraint WHERE conrelid = %s::regclass)""",
+            (table, table),
+        ).fetchall()
+        conn.execute(f"TRUNCATE {table} CASCADE")
+        for name, _ in idx:
+            conn.execute(f'DROP INDEX "{name}"')
+        for name, _ in cons:
+            conn.execute(f'ALTER TABLE {table} DROP CONSTRAINT "{name}"')
+        conn.execute(insert)
+        for name, definition in cons:
+            conn.execute(f'ALTER TABLE {table} ADD CONSTRAINT "{name}" {definition}')
+        for _, definition in idx:
+            conn.execute(definition)
+        conn.execute(f"VACUUM (FREEZE, ANALYZE) {table}")
 
 
 def both(fn: Any, *args: Any) -> list[Any]:

@@ -23,6 +23,7 @@ from common import (
     both,
     connect,
     django_env,
+    refill,
 )
 
 ID = "md5('u' || i)::uuid::text"  # uuid-shaped strings: string keys, spread over the key range
@@ -85,29 +86,7 @@ def _set_meta(url: str, **values: str) -> None:
 
 def _fill(url: str, table: str, rows: int) -> None:
     """TRUNCATE and refill ``table``; indexes are dropped for the load and rebuilt with their names."""
-    with connect(url) as conn:
-        conn.execute(SETUP)
-        cons = conn.execute(
-            """SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint
-               WHERE conrelid = %s::regclass AND contype IN ('p', 'u')""",
-            (table,),
-        ).fetchall()
-        idx = conn.execute(
-            """SELECT indexname, indexdef FROM pg_indexes WHERE tablename = %s
-               AND indexname NOT IN (SELECT conname FROM pg_constraint WHERE conrelid = %s::regclass)""",
-            (table, table),
-        ).fetchall()
-        conn.execute(f"TRUNCATE {table} CASCADE")
-        for name, _ in idx:
-            conn.execute(f'DROP INDEX "{name}"')
-        for name, _ in cons:
-            conn.execute(f'ALTER TABLE {table} DROP CONSTRAINT "{name}"')
-        conn.execute(INSERT[table].format(source=f"generate_series(1, {int(rows)}) i"))
-        for name, definition in cons:
-            conn.execute(f'ALTER TABLE {table} ADD CONSTRAINT "{name}" {definition}')
-        for _, definition in idx:
-            conn.execute(definition)
-        conn.execute(f"VACUUM (FREEZE, ANALYZE) {table}")
+    refill(url, table, INSERT[table].format(source=f"generate_series(1, {int(rows)}) i"), SETUP)
 
 
 def ensure_rows(rows: int, keep: bool) -> float:
