@@ -1,8 +1,9 @@
 """Vector reference parity: messages' ``embedding_id`` against Milvus' ``message_embeddings``.
 
-Both sides are read once, in the same byte order of ids (Milvus pages by key;
-the database sorts with the ``C``/``BINARY`` collation), and merged a batch at a
-time: a message whose vector is missing (``missing``), a vector no message
+Both sides are read once, in the same byte order of ids, and merged one key
+range at a time: the database streams embedding ids sorted with the ``C``/
+``BINARY`` collation, every ``range_rows`` of them close a range, and Milvus is
+asked for that range's ids in one query (sorted here). Then: a message whose vector is missing (``missing``), a vector no message
 names (``orphan``), a vector whose ``message_id`` is another message
 (``mismatch``). A collection of the wrong dimension or a missing collection is
 an ``invariant`` finding, not a crash. Candidates are re-read after settling.
@@ -40,9 +41,26 @@ def _message_ids(alias: str, batch: int) -> Iterator[tuple[str, str]]:
         yield str(embedding_id), message_id
 
 
-def _vector_ids(store: VectorStore, batch: int) -> Iterator[tuple[str, str]]:
-    for page in store.iter_ids(batch):
-        yield from page
+def _ranges(
+    ours: Iterator[tuple[str, str]], store: VectorStore, size: int
+) -> Iterator[tuple[list[tuple[str, str]], list[tuple[str, str]]]]:
+    """(database ids, Milvus ids) of consecutive key ranges covering every key, each sorted.
+
+    A range ends before the database id that follows ``size`` of them, so the ranges
+    partition the whole key space and each side holds exactly its keys of the range.
+    """
+    pending = next(ours, None)
+    low: str | None = None
+    while True:
+        chunk: list[tuple[str, str]] = []
+        while pending is not None and len(chunk) < size:
+            chunk.append(pending)
+            pending = next(ours, None)
+        high = None if pending is None else pending[0]
+        yield chunk, store.ids_between(low, high)
+        if high is None:
+            return
+        low = high
 
 
 @dataclass(frozen=True)
@@ -50,7 +68,9 @@ class VectorParity(Declaration):
     """Every message's embedding_id has a vector, and every vector belongs to its message."""
 
     alias: str = "default"
-    batch_size: int = 16384  # Milvus' largest page: each page is a ranged query over the collection
+    batch_size: int = 16384  # rows a database fetch
+    #: Database ids a Milvus range query: milvus-lite makes one pass over the collection a query.
+    range_rows: int = 250_000
     repair: Repair = Repair.DELETE_ORPHAN
 
     kind = "vectors"
@@ -80,9 +100,17 @@ class VectorParity(Declaration):
 
     def _merge(self, store: VectorStore) -> tuple[int, dict[str, str]]:
         """Candidates by embedding_id -> kind, from one ordered pass over each side."""
-        ours, theirs = _message_ids(self.alias, self.batch_size), _vector_ids(store, self.batch_size)
-        a, b = next(ours, None), next(theirs, None)
         compared, found = 0, {}
+        for chunk, vectors in _ranges(_message_ids(self.alias, self.batch_size), store, self.range_rows):
+            compared += self._merge_range(iter(chunk), iter(vectors), found)
+        return compared, found
+
+    @staticmethod
+    def _merge_range(
+        ours: Iterator[tuple[str, str]], theirs: Iterator[tuple[str, str]], found: dict[str, str]
+    ) -> int:
+        a, b = next(ours, None), next(theirs, None)
+        compared = 0
         while a is not None or b is not None:
             compared += 1
             if b is None or (a is not None and a[0].encode() < b[0].encode()):
@@ -96,7 +124,7 @@ class VectorParity(Declaration):
                 if a[1] != b[1]:
                     found[a[0]] = "mismatch"
                 a, b = next(ours, None), next(theirs, None)
-        return compared, found
+        return compared
 
     def classify(self, store: VectorStore, ids: Sequence[str]) -> dict[str, Finding]:
         ids = list(ids)

@@ -234,6 +234,32 @@ class VectorStore:
         for rows in key_ordered_pages(page, PRIMARY_KEY, batch_size, f"{self.kind}: {self.collection}"):
             yield [(r[PRIMARY_KEY], r["message_id"]) for r in rows]
 
+    def ids_between(self, low: str | None, high: str | None) -> list[tuple[str, str]]:
+        """Every (embedding_id, message_id) with ``low <= embedding_id < high``, in byte order.
+
+        One query without a limit (a bound of None is open): a server answers it from
+        its key index, and milvus-lite, which makes a pass over the collection for any
+        query, makes one pass for the whole range instead of one per page of 16,384.
+        """
+        parts = [f"{PRIMARY_KEY} >= {literal(low or '')}"]
+        if high is not None:
+            parts.append(f"{PRIMARY_KEY} < {literal(high)}")
+        rows = self._call(
+            "read from",
+            "query",
+            self.collection,
+            filter=" and ".join(parts),
+            output_fields=[PRIMARY_KEY, "message_id"],
+            consistency_level="Strong",
+        )
+        out = sorted(((r[PRIMARY_KEY], r["message_id"]) for r in rows), key=lambda r: r[0].encode())
+        lo, hi = (low or "").encode(), None if high is None else high.encode()
+        if out and (out[0][0].encode() < lo or (hi is not None and out[-1][0].encode() >= hi)):
+            raise StoreError(
+                self.kind, f"{self.collection}: the server returned ids outside {low!r}..{high!r}"
+            )
+        return out
+
     def drop(self) -> None:
         """Drop the collection if it exists (tests and rebuilds)."""
         if self._call("look up", "has_collection", self.collection):

@@ -20,7 +20,7 @@ from tests.factories import MessageFactory
 pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "auth"])
 
 DIM = 8
-CHECK = VectorParity(name="t_vectors", batch_size=2)
+CHECK = VectorParity(name="t_vectors", batch_size=2, range_rows=2)  # many ranges, some empty
 
 
 @pytest.fixture

@@ -79,6 +79,18 @@ def test_iter_ids__yields_every_id_exactly_once_across_batches(vector_store: Vec
     assert dict(seen)[ids[0]] == f"m{0}"
 
 
+def test_ids_between__a_key_range_in_byte_order(vector_store: VectorStore) -> None:
+    vector_store.ensure_collection()
+    ids = [*HOSTILE_IDS, "a", "ab", "b", "ba", "é", "z"]
+    vector_store.upsert(_rows(ids))
+    in_bytes = sorted(ids, key=str.encode)
+    assert [k for k, _ in vector_store.ids_between(None, None)] == in_bytes
+    assert [k for k, _ in vector_store.ids_between("ab", "ba")] == [i for i in in_bytes if "ab" <= i < "ba"]
+    assert [k for k, _ in vector_store.ids_between("b", None)] == [i for i in in_bytes if i >= "b"]
+    assert [k for k, _ in vector_store.ids_between(None, "a")] == [i for i in in_bytes if i < "a"]
+    assert dict(vector_store.ids_between("é", "é-")) == {"é": "mé"}  # "é" sorts after "z"
+
+
 def test_upsert__refuses_rows_of_the_wrong_shape(vector_store: VectorStore) -> None:
     vector_store.ensure_collection()
     with pytest.raises(ValueError, match="'e1' has dimension 3, expected 8"):
