@@ -100,7 +100,7 @@ class VectorParity(Declaration):
 
     def _merge(self, store: VectorStore) -> tuple[int, dict[str, str]]:
         """Candidates by embedding_id -> kind, from one ordered pass over each side."""
-        compared, found = 0, {}
+        compared, found = 0, dict[str, str]()
         for chunk, vectors in _ranges(_message_ids(self.alias, self.batch_size), store, self.range_rows):
             compared += self._merge_range(iter(chunk), iter(vectors), found)
         return compared, found
