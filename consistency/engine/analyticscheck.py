@@ -138,8 +138,13 @@ class AnalyticsRowParity(Declaration):
             ):
                 # The planner cannot know the number of groups of an expression, expects one
                 # a row and sorts 10M rows; a hash table of 10,000 groups fits in a few MB.
+                # That estimate also inflates the cost past JIT's inlining and optimisation
+                # thresholds, which then compile for seconds what the plain sum does not (at
+                # 10M rows: 21.1 s instead of 22.5 s, the sum alone 22.8 s).
                 cursor.execute("SET LOCAL enable_sort = off")
                 cursor.execute("SET LOCAL work_mem = '64MB'")
+                cursor.execute("SET LOCAL jit_inline_above_cost = -1")
+                cursor.execute("SET LOCAL jit_optimize_above_cost = -1")
                 cursor.execute(sql)
                 rows = cursor.fetchall()
             total = sum(int(n) for _, n, _ in rows)
@@ -233,8 +238,8 @@ class AnalyticsRowParity(Declaration):
             differing = sorted(b for b in set(source) | set(target) if source.get(b) != target.get(b))
             candidates: set[Any] = set()
             if differing:
-                theirs_future = pool.submit(side.fingerprints, buckets, differing)
-                ours = self._source_fingerprints(buckets, differing)
+                theirs_future = pool.submit(timed, "drill_clickhouse", side.fingerprints, buckets, differing)
+                ours = timed("drill_source", self._source_fingerprints, buckets, differing)
                 theirs = theirs_future.result()
                 candidates = {k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k)}
             clock.append(time.perf_counter())
@@ -252,7 +257,7 @@ class AnalyticsRowParity(Declaration):
                     ("sizing", "buckets", "drill_down", "confirm"), itertools.pairwise(clock), strict=False
                 )
             },
-            "bucket_seconds": sides,  # each side's first pass, run at the same time
+            "side_seconds": sides,  # each side's first pass and drill-down, run at the same time
             "buckets": buckets.describe(),
             "bucket_count": len(set(source) | set(target)),
             "segments": len(differing),

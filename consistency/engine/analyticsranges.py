@@ -157,7 +157,7 @@ Buckets = PrefixBuckets | IntBuckets
 
 def ch_where(buckets: Buckets, chosen: Sequence[Any]) -> str:
     """A condition on ClickHouse's ``id`` holding exactly the keys of ``chosen``: key ranges."""
-    return " OR ".join(buckets.ch_range(b) for b in chosen)
+    return " OR ".join(buckets.ch_range(b) for b in chosen) or "0"
 
 
 def pg_where(buckets: Buckets, chosen: Sequence[Any], column: str, ranged: bool) -> tuple[str, list[Any]]:
@@ -167,6 +167,8 @@ def pg_where(buckets: Buckets, chosen: Sequence[Any], column: str, ranged: bool)
     are few, filtered by the bucket itself (exact); else that filter alone, in one scan.
     """
     exact = f"{buckets.pg_sql(column)} = ANY(%s)"
+    if not chosen:
+        return "false", []
     if not (ranged and len(chosen) <= MAX_RANGES):
         return exact, [list(chosen)]
     parts, params = [], []
