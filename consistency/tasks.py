@@ -1,8 +1,9 @@
 """Celery tasks: thin wrappers over the sync services (``consistency.sync``).
 
-``acks_late`` only where a redelivery is harmless: the relay and the export
-are idempotent, an invalidation can repeat, an alert checks ``sent_at``. The
+``acks_late`` only where a redelivery is harmless: the relay, the export and the
+repair are idempotent, an invalidation can repeat, an alert checks ``sent_at``. The
 audit is not acked late: a worker lost mid-audit is covered by the next schedule.
+An acked-late task's time limit stays under the Redis visibility timeout (900 s).
 """
 
 from __future__ import annotations
@@ -99,9 +100,14 @@ def reverify_drift(drift_id: int, user_id: int | None = None) -> dict[str, Any]:
     return actions.reverify(drift_id, user_id).__dict__
 
 
-@shared_task(name="consistency.repair_drifts", soft_time_limit=3600 - 60, time_limit=3600)
+@shared_task(name="consistency.repair_drifts", acks_late=True, soft_time_limit=780, time_limit=840)
 def repair_drifts(drift_ids: list[int], user_id: int | None = None) -> list[dict[str, Any]]:
-    """Plan and apply the repair of drift records chosen in the admin, then re-verify each."""
+    """Plan and apply the repair of drift records chosen in the admin, then re-verify each.
+
+    Acked late: a worker lost mid-repair leaves the task to be redelivered, and the rerun is
+    harmless (``actions.repair``: only drift still active is planned, the actions are idempotent,
+    and each check's repair is recorded whole or not at all). Its time limit stays under the
+    Redis visibility timeout (900 s), so a repair still running is never handed out twice."""
     from consistency.review import actions
 
     logs = actions.repair(drift_ids, user_id)

@@ -11,11 +11,11 @@ only if both sides now agree.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from typing import Any
 
-from django.db import models, transaction
+from django.db import models, router, transaction
 from django.utils import timezone
 
 from consistency.engine.declarations import (
@@ -26,7 +26,7 @@ from consistency.engine.declarations import (
     bind_row_parity,
 )
 from consistency.engine.findings import Action, Finding
-from consistency.engine.redact import redact
+from consistency.engine.redact import mask_urls, redact
 from consistency.engine.rowdiff import make_sides
 from consistency.models import Drift, RepairLog
 
@@ -133,9 +133,20 @@ def verify_reference(decl: ReferenceParity, action: Action) -> bool:
 
 
 def execute(
-    decl: Declaration, actions: Sequence[Action], *, user: Any = None, performed_as: str = ""
+    decl: Declaration,
+    actions: Sequence[Action],
+    *,
+    user: Any = None,
+    performed_as: str = "",
+    on_record: Callable[[list[RepairLog]], None] | None = None,
 ) -> list[RepairLog]:
-    """Apply ``actions`` (in one transaction per database alias), then re-verify each key."""
+    """Apply ``actions`` (in one transaction per database alias), re-verify each key, then record.
+
+    Safe to run again after a crash at any point (a redelivered task does): the actions are
+    idempotent, and the record (drift status, one ``RepairLog`` per action, and whatever
+    ``on_record`` writes) is one transaction, so it is written whole after the apply has
+    committed, or not at all and the drift stays active for the rerun to apply and record.
+    """
     if not actions:
         return []
     results: list[tuple[Action, str]] = []
@@ -145,18 +156,50 @@ def execute(
             stack.enter_context(transaction.atomic(using=alias))
         for action in actions:
             results.append((action, decl.apply_repair(action)))
-    logs = []
-    now = timezone.now()
+    checked: list[tuple[Action, str, bool]] = []
     for action, outcome in results:
-        verified = decl.verify_repair(action)
-        drift = Drift.objects.filter(check_name=decl.name, kind=action.kind, key=action.key).first()
-        if drift is not None and verified:
-            drift.status = Drift.Status.REPAIRED
-            drift.resolved_at = now
-            drift.save(update_fields=["status", "resolved_at"])
-        logs.append(
-            RepairLog.objects.create(
-                drift=drift,
+        try:
+            verified = decl.verify_repair(action)
+        except Exception as exc:  # applied and committed: say so, and that the re-check failed
+            verified = False
+            outcome += "; re-check failed: " + mask_urls(f"{type(exc).__name__}: {exc}")
+        checked.append((action, outcome, verified))
+    try:
+        return _record(decl, checked, user, performed_as, on_record)
+    except Exception as exc:
+        raise RepairNotRecorded(decl.name, len(checked)) from exc
+
+
+class RepairNotRecorded(Exception):
+    """The repair was applied and committed, but recording it failed: its drift stays active, and
+    a rerun (idempotent) applies nothing new and records it."""
+
+    def __init__(self, check: str, actions: int) -> None:
+        super().__init__(f"{check}: {actions} action(s) applied, but the record of them failed")
+
+
+def _record(
+    decl: Declaration,
+    checked: Sequence[tuple[Action, str, bool]],
+    user: Any,
+    performed_as: str,
+    on_record: Callable[[list[RepairLog]], None] | None,
+) -> list[RepairLog]:
+    now = timezone.now()
+    keys = {(action.kind, action.key) for action, _, _ in checked}
+    with transaction.atomic(using=router.db_for_write(RepairLog)):
+        drifts = {
+            (d.kind, d.key): d
+            for d in Drift.objects.select_for_update()
+            .filter(check_name=decl.name, key__in={key for _, key in keys})
+            .order_by("pk")
+            if (d.kind, d.key) in keys
+        }
+        repaired = [drifts[(a.kind, a.key)].pk for a, _, ok in checked if ok and (a.kind, a.key) in drifts]
+        Drift.objects.filter(pk__in=repaired).update(status=Drift.Status.REPAIRED, resolved_at=now)
+        logs = RepairLog.objects.bulk_create(
+            RepairLog(
+                drift=drifts.get((action.kind, action.key)),
                 check_name=decl.name,
                 key=action.key,
                 action=action.action,
@@ -167,5 +210,8 @@ def execute(
                 performed_by=user if getattr(user, "pk", None) else None,
                 performed_as=performed_as,
             )
+            for action, outcome, verified in checked
         )
+        if on_record is not None:
+            on_record(logs)
     return logs

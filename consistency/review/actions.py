@@ -204,7 +204,11 @@ def plan(drifts: Iterable[Drift]) -> list[PlannedRepair]:
 
 
 def repair(drift_ids: Sequence[int], user_id: int | None = None) -> list[RepairLog]:
-    """Plan and apply the repair of ``drift_ids`` (run by the Celery task); every outcome is logged."""
+    """Plan and apply the repair of ``drift_ids`` (run by the Celery task); every outcome is logged.
+
+    Safe to run again with the same ids (a redelivered task does): only drift still active is
+    planned, and ``engine_repair.execute`` applies idempotently and records whole or not at all.
+    """
     user = _user(user_id)
     logs: list[RepairLog] = []
     for planned in plan(Drift.objects.filter(pk__in=list(drift_ids)).order_by("pk")):
@@ -212,20 +216,34 @@ def repair(drift_ids: Sequence[int], user_id: int | None = None) -> list[RepairL
             _trail(planned.drifts, user, "repair", f"not repaired: {planned.problem}", verified=False)
             log(user, planned.drifts, f"Repair not possible: {planned.problem}")
             continue
+        drifts = {drift.pk: drift for drift in planned.drifts}
+
+        def log_repaired(done: list[RepairLog], drifts: dict[int, Drift] = drifts) -> None:
+            # In the transaction that records the repair: both written, or neither.
+            for entry in done:
+                if entry.drift_id in drifts:
+                    outcome = "verified" if entry.verified else "NOT verified"
+                    log(
+                        user,
+                        [drifts[entry.drift_id]],
+                        f"Repaired ({entry.action}: {entry.result}; {outcome})",
+                    )
+
         try:
-            done = engine_repair.execute(registry.get(planned.check), planned.actions, user=user)
+            done = engine_repair.execute(
+                registry.get(planned.check), planned.actions, user=user, on_record=log_repaired
+            )
         except Exception as exc:
-            message = "failed, nothing changed: " + mask_urls(f"{type(exc).__name__}: {exc}")
+            if isinstance(exc, engine_repair.RepairNotRecorded):
+                cause = exc.__cause__ or exc
+                message = "applied, but not recorded (repair again to record it): "
+            else:
+                cause, message = exc, "failed, nothing changed: "
+            message += mask_urls(f"{type(cause).__name__}: {cause}")
             _trail(planned.drifts, user, "repair", message, verified=False)
             log(user, planned.drifts, f"Repair {message}")
             continue
         logs.extend(done)
-        by_drift = {entry.drift_id: entry for entry in done}
-        for drift in planned.drifts:
-            entry = by_drift.get(drift.pk)
-            if entry is not None:
-                outcome = "verified" if entry.verified else "NOT verified"
-                log(user, [drift], f"Repaired ({entry.action}: {entry.result}; {outcome})")
     return logs
 
 

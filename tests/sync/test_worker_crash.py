@@ -1,40 +1,54 @@
-"""A worker process killed with SIGKILL in the middle of a relay loses nothing and duplicates nothing.
+"""A worker killed with SIGKILL in the middle of a relay or a repair loses nothing and duplicates nothing.
 
-Real ``celery -A project worker`` processes, a real ``kill -9``. The relay task is acked
-late, so the message the killed worker held goes back to the queue: Redis hands it out
-again once its visibility timeout (shortened to 2 s for the worker here) has passed,
-RabbitMQ as soon as the dead worker's connection closes. No sweep runs and no other task
-is sent, so only that redelivery can finish the job.
+Real ``celery -A project worker`` processes (the default prefork pool, one child), a real
+``kill -9`` of the worker and its child at once. The relay and repair tasks are acked late,
+so the message the killed worker held goes back to the queue: Redis hands it out again once
+its visibility timeout (shortened to 2 s for the worker here) has passed, RabbitMQ as soon
+as the dead worker's connection closes. No sweep runs and no other task is sent, so only
+that redelivery can finish the job. (A prefork worker, not a solo one: a solo worker runs
+the task inside its event loop, so even an early ack is only sent after the task returns and
+a killed solo worker's task comes back whether it is acked late or not.)
 
-To stop the worker at a chosen point, the test holds a row lock the relay needs:
+To stop the worker at a chosen point, the test holds a row lock the task needs. Relay:
 ``before_backend_commit`` locks a backend user the batch upserts (the relay waits inside
 its backend transaction); ``after_backend_commit`` locks the session a relayed delete
-revokes (the backend transaction has committed, the claim on the outbox has not).
+revokes (the backend transaction has committed, the claim on the outbox has not). Repair:
+``mid_apply`` locks a backend user in the middle of the plan (the repair waits inside its
+transaction); ``before_record`` locks a drift record (the repair has committed, the
+transaction recording it has not).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import signal
+import subprocess
+import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+from django.conf import settings
+from django.contrib.admin.models import LogEntry
+from django.contrib.auth import get_user_model
 from django.utils import timezone
 
-from consistency.auth_service.models import AuthSession, Outbox, OutboxVersion
+from consistency.auth_service.models import AuthSession, AuthUser, Outbox, OutboxVersion
 from consistency.backend.models import User
-from consistency.models import UserSyncState
+from consistency.models import Drift, RepairLog, UserSyncState
 from consistency.sync import auth_users, relay
-from consistency.tasks import relay_outbox
+from consistency.tasks import relay_outbox, repair_drifts
 from project.celery import app
+from tests.reliability.conftest import OLD, command, make_users
 from tests.sync.conftest import (
+    ROOT,
     db_url,
     purge_broker,
-    start_worker_process,
     stop_worker_process,
     sync_db,
     using_broker,
@@ -54,6 +68,45 @@ def broker_url(request: pytest.FixtureRequest) -> Iterator[str]:
     with using_broker(url):
         assert app.connection_for_write().transport.driver_type == "amqp"
         yield url
+
+
+def start_worker_process(broker_url: str, *, visibility_timeout: int, log: Path) -> subprocess.Popen[bytes]:
+    """``celery -A project worker --concurrency 1`` (prefork) in a session of its own, on the test
+    databases and ``broker_url``, once it answers a ping; ``kill_worker`` kills it and its child."""
+    name = f"crash-test-{uuid.uuid4().hex[:8]}@localhost"
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "tests.sync.worker_settings",
+        "DATABASE_URL": db_url("default"),
+        "AUTH_DATABASE_URL": db_url("auth"),
+        "CELERY_BROKER_URL": broker_url,
+        "TEST_VISIBILITY_TIMEOUT": str(visibility_timeout),
+    }
+    command = [sys.executable, "-m", "celery", "--quiet", "-A", "project", "worker", "-n", name]
+    command += ["--pool", "prefork", "--concurrency", "1", "--without-gossip", "--without-mingle"]
+    command += ["--without-heartbeat", "--loglevel", "INFO"]
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        wait_until(
+            lambda: proc.poll() is not None or app.control.ping(destination=[name], timeout=0.5),
+            timeout=60,
+            what=f"worker {name} to answer a ping",
+        )
+    except AssertionError:
+        kill_worker(proc)
+        raise
+    assert proc.poll() is None, f"the worker exited ({proc.returncode}); see {log}"
+    return proc
+
+
+def kill_worker(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the worker and its pool child at once (its process group), as a lost host would."""
+    with contextlib.suppress(ProcessLookupError):  # already dead
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
 
 
 def waiting_on_lock(conn: psycopg.Connection[Any], query_start: str) -> list[int]:
@@ -128,10 +181,10 @@ def test_kill_9__mid_relay_loses_nothing_and_duplicates_nothing(
             assert User.objects.filter(pk="u-gone").exists() is not backend_done
             applied_before_kill = dict(UserSyncState.objects.values_list("user_id", "applied_at"))
 
-            os.kill(first.pid, signal.SIGKILL)
-            assert first.wait(timeout=30) == -signal.SIGKILL
+            kill_worker(first)
+            assert first.returncode == -signal.SIGKILL
         finally:
-            stop_worker_process(first, signal.SIGKILL)
+            kill_worker(first)
             holder.rollback()  # the dead worker's sessions now see their client gone and roll back
         wait_until(lambda: not alive(observer, blocked), what="the killed worker's sessions to end")
     assert relay.pending_count() == 3  # the claim died with the worker: nothing lost
@@ -153,3 +206,133 @@ def test_kill_9__mid_relay_loses_nothing_and_duplicates_nothing(
         # The replay found every version applied already and wrote nothing again.
         assert dict(UserSyncState.objects.values_list("user_id", "applied_at")) == applied_before_kill
     assert "relay_outbox" in log.read_text() or "consistency.relay_outbox" in log.read_text()
+
+
+# -- a worker killed in the middle of a repair ---------------------------------------------------
+
+
+def source_users() -> dict[str, tuple[str, str, bool, str | None]]:
+    return {
+        u.pk: (u.email, u.full_name, u.is_active, u.hashed_password) for u in AuthUser.objects.using("auth")
+    }
+
+
+def target_users() -> dict[str, tuple[str, str, bool, str | None]]:
+    return {u.pk: (u.email, u.full_name, u.is_active, u.hashed_password) for u in User.objects.all()}
+
+
+def plant_user_drift() -> list[Drift]:
+    """30 drifts of the `users` check, recorded by a real audit: 20 mismatched names, 5 backend
+    users missing, 5 backend users the auth service does not have."""
+    ids = make_users(40)
+    # Not compared, but copied by a repair: the mismatched backend users lack it.
+    AuthUser.objects.using("auth").update(hashed_password="md5$planted$hash")
+    User.objects.filter(pk__in=ids[20:]).update(hashed_password="md5$planted$hash")
+    User.objects.filter(pk__in=ids[:20]).update(full_name="Drifted")
+    User.objects.filter(pk__in=ids[20:25]).delete()
+    User.objects.bulk_create(
+        [User(id=f"x{n}", email=f"x{n}@users.test", full_name="Extra", updated_at=OLD) for n in range(5)]
+    )
+    code, _, message = command("users")
+    assert code == 1, message
+    drifts = list(Drift.objects.filter(check_name="users").order_by("pk"))
+    assert len(drifts) == 30
+    assert {d.kind for d in drifts} == {"mismatch", "missing", "extra"}
+    return drifts
+
+
+def has_written(conn: psycopg.Connection[Any], pids: list[int]) -> bool:
+    """Whether one of ``pids`` is in a transaction that has written something (it has an xid)."""
+    row = conn.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s) AND backend_xid IS NOT NULL", [pids]
+    ).fetchone()
+    return bool(row and row[0])
+
+
+@pytest.mark.parametrize(
+    ("broker_url", "point"),
+    [("redis", "mid_apply"), ("redis", "before_record"), ("rabbitmq", "before_record")],
+    indirect=["broker_url"],
+)
+def test_kill_9__mid_repair__redelivered_repairs_each_drift_once(
+    broker_url: str, point: str, tmp_path: Path
+) -> None:
+    drifts = plant_user_drift()
+    reviewer = get_user_model().objects.create_superuser("reviewer", "reviewer@corp.io", "pw")
+    purge_broker()
+    source, before = source_users(), target_users()
+    assert source != before
+
+    # mid_apply: the test locks the backend row of a mismatch in the middle of the plan, so the
+    # worker stops inside the repair's transaction with earlier actions applied, uncommitted.
+    # before_record: it locks one drift record, so the worker stops after the repair committed,
+    # when the transaction that records it (drift status, repair log, admin history) locks them.
+    if point == "mid_apply":
+        middle = [d for d in drifts if d.kind == "mismatch"][10]
+        lock, locked, blocked_query = "SELECT id FROM users WHERE id = %s FOR UPDATE", [middle.key], "UPDATE"
+    else:
+        lock, locked, blocked_query = (
+            "SELECT id FROM consistency_drift WHERE id = %s FOR UPDATE",
+            [str(drifts[15].pk)],
+            "SELECT",
+        )
+    log = tmp_path / "worker.log"
+    url = db_url("default")
+    with psycopg.connect(url) as holder, psycopg.connect(url, autocommit=True) as observer:
+        assert len(holder.execute(lock, locked).fetchall()) == 1  # held until the rollback below
+        first = start_worker_process(broker_url, visibility_timeout=2, log=log)
+        try:
+            repair_drifts.delay([d.pk for d in drifts], reviewer.pk)
+            blocked = wait_until(lambda: waiting_on_lock(observer, blocked_query), what="the repair to block")
+            assert not RepairLog.objects.exists()
+            assert Drift.objects.filter(check_name="users", status="open").count() == 30
+            if point == "mid_apply":
+                assert has_written(observer, blocked)  # earlier actions applied in its transaction
+                assert target_users() == before  # none of them committed
+            else:
+                assert target_users() == source  # the repair committed; nothing recorded yet
+            kill_worker(first)
+            assert first.returncode == -signal.SIGKILL
+        finally:
+            kill_worker(first)
+            holder.rollback()
+        wait_until(lambda: not alive(observer, blocked), what="the killed worker's sessions to end")
+    assert not RepairLog.objects.exists()  # the killed worker recorded nothing
+    assert Drift.objects.filter(check_name="users", status="open").count() == 30
+    assert target_users() == (before if point == "mid_apply" else source)
+
+    second = start_worker_process(broker_url, visibility_timeout=2, log=log)
+    try:
+        wait_until(
+            lambda: not Drift.objects.filter(check_name="users", status="open").exists(),
+            timeout=60,
+            what="the redelivered repair",
+        )
+    finally:
+        stop_worker_process(second)
+
+    assert target_users() == source  # every row right, none twice, none left over
+    # Each drift repaired and recorded once, with its admin history entry.
+    assert set(Drift.objects.filter(check_name="users").values_list("status", flat=True)) == {"repaired"}
+    logs = list(RepairLog.objects.values_list("drift_id", "executed", "verified", "performed_by_id"))
+    assert sorted(logs) == sorted((d.pk, True, True, reviewer.pk) for d in drifts)
+    history = LogEntry.objects.filter(change_message__startswith="Repaired (").values_list(
+        "object_id", flat=True
+    )
+    assert sorted(str(h) for h in history) == sorted(str(d.pk) for d in drifts)
+    assert "consistency.repair_drifts" in log.read_text()
+    assert command("users")[0] == 0  # a fresh audit finds nothing
+
+
+def test_acks_late_tasks_end_before_redis_would_hand_them_out_again() -> None:
+    """Redis redelivers an unacked task after the visibility timeout, even to a live worker still
+    running it: every acked-late task's hard time limit must end it first."""
+    visibility = settings.CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"]
+    late = {
+        name: task for name, task in app.tasks.items() if name.startswith("consistency.") and task.acks_late
+    }
+    assert {"consistency.relay_outbox", "consistency.repair_drifts"} <= set(late)
+    too_long = {
+        name: task.time_limit for name, task in late.items() if not 0 < (task.time_limit or 0) < visibility
+    }
+    assert too_long == {}, f"time limits not under the {visibility} s visibility timeout"
