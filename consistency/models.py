@@ -199,3 +199,46 @@ class Alert(models.Model):
 
     def __str__(self) -> str:
         return f"{self.channel} alert for run {self.run_id}"
+
+
+class AuditSegment(models.Model):
+    """One block range of one side of a fanned-out row parity audit (``consistency.engine.fanout``).
+
+    Working state, deleted when the audit ends: a scan segment holds the IBLT of its rows'
+    fingerprints (``partial``), a locate segment the rows it found for the decoded fingerprints.
+    """
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+
+    job = models.UUIDField(db_index=True)
+    check_name = models.CharField(max_length=200)
+    side = models.CharField(max_length=8)  # source | target
+    phase = models.CharField(max_length=8)  # scan | locate
+    index = models.IntegerField()
+    block_from = models.BigIntegerField()
+    block_to = models.BigIntegerField(null=True, blank=True)  # None: to the end of the table
+    unit_blocks = models.IntegerField()  # blocks read by one query of the segment
+    cells = models.IntegerField()  # IBLT sub-table size, the same in every segment of a job
+    status = models.CharField(max_length=8, choices=Status.choices, default=Status.PENDING)
+    claimed_by = models.CharField(max_length=255, blank=True, default="")  # the task, or the coordinator
+    worker = models.CharField(max_length=255, blank=True, default="")  # host:pid of the claimer
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.IntegerField(default=0)
+    rows = models.BigIntegerField(default=0)
+    partial = models.BinaryField(null=True, blank=True)  # scan: the IBLT's cells
+    wanted = models.BinaryField(null=True, blank=True)  # locate: int64 fingerprints to find
+    found = models.JSONField(default=list, blank=True)  # locate: [key, fingerprint] pairs
+    error = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["job", "phase", "side", "index"], name="auditsegment_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.check_name} {self.phase} {self.side} #{self.index} ({self.status})"

@@ -9,3 +9,5 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 app = Celery("consistency")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+# The fanned-out audit's tasks (consistency/fanout_tasks.py): the segment tasks any worker takes.
+app.autodiscover_tasks(related_name="fanout_tasks")
