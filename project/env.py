@@ -85,6 +85,7 @@ def database(name: str, default_file: str) -> dict[str, object]:
         options = dict(config.get("OPTIONS") or {})
         options.setdefault("connect_timeout", number("DATABASE_CONNECT_TIMEOUT", 5, minimum=1))
         options.update(statement_timeout_options(number("DATABASE_STATEMENT_TIMEOUT", 900)))
+        options.update(keepalive_options())
         pool_size = number("DATABASE_POOL_MAX_SIZE", 0)
         pool_timeout = number("DATABASE_POOL_TIMEOUT", 10, minimum=0.1)
         if pool_size:
@@ -104,6 +105,38 @@ def statement_timeout_options(seconds: float) -> dict[str, str]:
     if not seconds:
         return {}
     return {"options": f"-c statement_timeout={round(seconds * 1000)}"}
+
+
+def keepalive_options() -> dict[str, int]:
+    """libpq options that end a connection whose network went silent (a partition mid-query).
+
+    ``statement_timeout`` makes the server cancel a slow statement, but its error never
+    reaches a client cut off from it: without these, that client waits for a reply forever.
+    TCP keepalives probe an idle connection after DATABASE_KEEPALIVES_IDLE seconds, every
+    DATABASE_KEEPALIVES_INTERVAL seconds, DATABASE_KEEPALIVES_COUNT times; a client whose
+    request stays unacknowledged for DATABASE_TCP_USER_TIMEOUT seconds gives up (0: the OS
+    default, many minutes).
+    """
+    options = {
+        "keepalives": 1,
+        "keepalives_idle": whole("DATABASE_KEEPALIVES_IDLE", 30, minimum=1),
+        "keepalives_interval": whole("DATABASE_KEEPALIVES_INTERVAL", 10, minimum=1),
+        "keepalives_count": whole("DATABASE_KEEPALIVES_COUNT", 3, minimum=1),
+    }
+    user_timeout = number("DATABASE_TCP_USER_TIMEOUT", 60)
+    if user_timeout:
+        options["tcp_user_timeout"] = round(user_timeout * 1000)  # libpq wants milliseconds
+    return options
+
+
+def whole(name: str, default: int, minimum: int = 0) -> int:
+    """A whole number (of seconds, or a count) from ``name``, refusing anything else by name."""
+    value = number(name, default, minimum)
+    if not float(value).is_integer():
+        raise ImproperlyConfigured(
+            f"{name}={os.environ.get(name, '').strip()!r} is not usable: expected a whole number >= {minimum}"
+        )
+    return int(value)
 
 
 def number(name: str, default: float, minimum: float = 0) -> float:

@@ -8,7 +8,19 @@ time; the new mode applies to bytes not yet forwarded, on open connections too:
 - ``reset``: close every connection abruptly (RST) and refuse new ones the same way;
 - ``blackhole``: accept and read, forward nothing, answer nothing (a stalled store);
 - ``close_after``: forward ``close_after_bytes`` more bytes from the server, then reset
-  the connection (a store dropping mid-reply).
+  the connection (a store dropping mid-reply);
+- ``vanish``: a silent network partition on the open connections: nothing more is
+  forwarded, and the proxy's end of each client connection disappears without a FIN
+  or RST (``TCP_REPAIR``, which needs CAP_NET_ADMIN; see ``vanish_supported``). The
+  client notices only when it sends something, such as a TCP keepalive probe; it gets
+  an RST then (in a real partition the probe goes unanswered and the connection is
+  dropped after ``keepalives_count`` probes). Until it sends, it waits: a client
+  blocked reading a reply waits forever unless keepalives are on. New connections
+  are treated as in ``blackhole``.
+
+``blackhole`` stalls the bytes, not the TCP connection: the proxy's kernel still
+acknowledges everything, keepalive probes included, so only a timeout the client or the
+server runs itself (connect, statement, socket timeouts) ends the wait.
 
 ``reset_all()`` cuts the open connections at once, whatever the mode (a restart).
 """
@@ -16,6 +28,7 @@ time; the new mode applies to bytes not yet forwarded, on open connections too:
 from __future__ import annotations
 
 import contextlib
+import select
 import socket
 import struct
 import threading
@@ -23,9 +36,24 @@ import time
 from collections.abc import Iterator
 from typing import Literal
 
-Mode = Literal["pass", "reset", "blackhole", "close_after"]
+Mode = Literal["pass", "reset", "blackhole", "close_after", "vanish"]
 
 _LINGER_RST = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST
+_TCP_REPAIR = 19  # linux/tcp.h: a socket in repair mode closes without sending anything
+_STALLED = ("blackhole", "vanish")
+
+
+def vanish_supported() -> bool:
+    """Whether this process may put a TCP socket in repair mode (``vanish`` needs it)."""
+    with socket.create_server(("127.0.0.1", 0)) as listener, socket.create_connection(listener.getsockname()):
+        server, _ = listener.accept()
+        with server:
+            try:
+                server.setsockopt(socket.IPPROTO_TCP, _TCP_REPAIR, 1)
+            except OSError:
+                return False
+            server.setsockopt(socket.IPPROTO_TCP, _TCP_REPAIR, 0)
+    return True
 
 
 class FaultProxy:
@@ -39,6 +67,7 @@ class FaultProxy:
         self._lock = threading.Lock()
         self._server_bytes_left: int | None = None
         self._open: set[socket.socket] = set()
+        self._clients: set[socket.socket] = set()  # the app's ends (``vanish`` silences these)
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port: int = self._listener.getsockname()[1]
         self._stopped = threading.Event()
@@ -54,6 +83,11 @@ class FaultProxy:
             self._server_bytes_left = close_after_bytes if mode == "close_after" else None
         if mode == "reset":
             self.reset_all()
+        if mode == "vanish":  # wait until the open connections are gone (their pumps close them)
+            deadline = time.monotonic() + 5
+            while self._clients and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert not self._clients, "the proxy's connections did not vanish"
 
     def heal(self) -> None:
         self.set("pass")
@@ -92,7 +126,7 @@ class FaultProxy:
             threading.Thread(target=self._serve, args=(client,), daemon=True).start()
 
     def _serve(self, client: socket.socket) -> None:
-        if self.mode == "blackhole":
+        if self.mode in _STALLED:
             # A stalled store: the connection is accepted, nothing ever comes back.
             self._track(client)
             self._drain(client)
@@ -104,6 +138,8 @@ class FaultProxy:
             return
         server.settimeout(None)
         self._track(client, server)
+        with self._lock:
+            self._clients.add(client)
         threading.Thread(target=self._pump, args=(client, server, False), daemon=True).start()
         self._pump(server, client, True)
 
@@ -122,12 +158,20 @@ class FaultProxy:
     def _pump(self, src: socket.socket, dst: socket.socket, from_server: bool) -> None:
         try:
             while True:
+                # Wait in select, not recv, so that ``vanish`` can take the socket from this
+                # thread: a socket closed while another thread is blocked reading it stays open.
+                if not select.select([src], [], [], 0.1)[0]:
+                    if self.mode == "vanish":
+                        return
+                    continue
                 data = src.recv(65536)
                 if not data:
                     break
                 while self.mode == "blackhole":
                     if self._stopped.wait(0.05):
                         return
+                if self.mode == "vanish":
+                    return
                 if self.latency:
                     time.sleep(self.latency)
                 if from_server and self.mode == "close_after":
@@ -143,14 +187,27 @@ class FaultProxy:
                 if from_server:
                     with self._lock:
                         self.server_bytes += len(data)
-        except OSError:
+        except (OSError, ValueError):  # ValueError: select on a socket the other pump closed
             pass
         finally:
-            _abort(src)
-            _abort(dst)
-            with self._lock:
-                self._open.discard(src)
-                self._open.discard(dst)
+            if self.mode == "vanish":
+                # Each pump closes only the socket it reads; the app's end silently.
+                with self._lock:
+                    client = src in self._clients
+                    self._clients.discard(src)
+                    self._open.discard(src)
+                if client:
+                    _vanish(src)
+                else:
+                    _abort(src)
+            else:
+                _abort(src)
+                _abort(dst)
+                with self._lock:
+                    self._open.discard(src)
+                    self._open.discard(dst)
+                    self._clients.discard(src)
+                    self._clients.discard(dst)
 
 
 def _abort(sock: socket.socket) -> None:
@@ -158,5 +215,13 @@ def _abort(sock: socket.socket) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
     with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_RDWR)
+    with contextlib.suppress(OSError):
+        sock.close()
+
+
+def _vanish(sock: socket.socket) -> None:
+    """Close ``sock`` without a FIN or RST: for the peer the connection is still open."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, _TCP_REPAIR, 1)
     with contextlib.suppress(OSError):
         sock.close()

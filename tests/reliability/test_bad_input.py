@@ -128,6 +128,10 @@ def test_command__bad_value_exits_2_naming_it(args: list[str], pattern: str) -> 
         ("DATABASE_POOL_TIMEOUT", "inf"),
         ("REDIS_TIMEOUT", "0"),
         ("REDIS_CONNECT_TIMEOUT", "5s"),
+        ("DATABASE_KEEPALIVES_IDLE", "0"),
+        ("DATABASE_KEEPALIVES_INTERVAL", "1.5"),
+        ("DATABASE_KEEPALIVES_COUNT", "many"),
+        ("DATABASE_TCP_USER_TIMEOUT", "-1"),
     ],
 )
 def test_environment__bad_timeout_stops_startup_naming_the_variable(
@@ -152,6 +156,10 @@ def test_environment__timeouts_and_pool_reach_the_settings(tmp_path: Path) -> No
         "DATABASE_POOL_MAX_SIZE": "7",
         "DATABASE_POOL_TIMEOUT": "3",
         "REDIS_TIMEOUT": "4",
+        "DATABASE_KEEPALIVES_IDLE": "20",
+        "DATABASE_KEEPALIVES_INTERVAL": "5",
+        "DATABASE_KEEPALIVES_COUNT": "4",
+        "DATABASE_TCP_USER_TIMEOUT": "2.5",
     }
     result = start(tmp_path, code, **env)
     assert result.returncode == 0, result.stderr
@@ -159,6 +167,13 @@ def test_environment__timeouts_and_pool_reach_the_settings(tmp_path: Path) -> No
     assert database["connect_timeout"] == 2
     assert database["options"] == "-c statement_timeout=1500"
     assert database["pool"] == {"min_size": 1, "max_size": 7, "timeout": 3}
+    assert {k: database[k] for k in database if k.startswith(("keepalives", "tcp_"))} == {
+        "keepalives": 1,
+        "keepalives_idle": 20,
+        "keepalives_interval": 5,
+        "keepalives_count": 4,
+        "tcp_user_timeout": 2500,
+    }
     assert cache["SOCKET_TIMEOUT"] == 4
 
 

@@ -4,8 +4,10 @@ store, ends in bounded time, and leaves the earlier drift records as they were."
 from __future__ import annotations
 
 import json
+import threading
 from typing import Any
 
+import psycopg
 import pytest
 from django.core.cache import caches
 from django.db import connections
@@ -13,8 +15,10 @@ from django.db import connections
 from consistency.backend.models import User
 from consistency.models import AuditRun, CheckRun, Drift
 from consistency.stores.analytics import close_analytics
-from tests.faultproxy import FaultProxy
-from tests.reliability.conftest import command, finishes, reliability_db
+from project import env
+from tests.faultproxy import FaultProxy, vanish_supported
+from tests.reliability.conftest import HANG_GUARD, command, finishes, reliability_db
+from tests.sync.conftest import wait_until
 
 pytestmark = reliability_db
 
@@ -89,6 +93,81 @@ def test_postgres_statement_timeout__a_stalled_scan_fails_the_run(
         locker.close()
     assert_failed_run(code, message, "users", ("PostgreSQL database 'auth'",))
     assert "statement timeout" in message
+    assert drift_records() == before
+
+
+KEEPALIVE_ENV = {
+    "DATABASE_KEEPALIVES_IDLE": "1",
+    "DATABASE_KEEPALIVES_INTERVAL": "1",
+    "DATABASE_KEEPALIVES_COUNT": "2",
+    "DATABASE_TCP_USER_TIMEOUT": "3",
+}
+
+
+@pytest.mark.skipif(not vanish_supported(), reason="the vanish fault needs CAP_NET_ADMIN (TCP_REPAIR)")
+def test_postgres_partition_mid_query__keepalives_end_the_run(
+    seeded: int, auth_proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The network to `auth` goes silent while the scan's query runs: no reply, no FIN, no RST.
+
+    The server-side statement timeout cannot help (its error would never arrive); the TCP
+    keepalives the environment configures make the client probe, learn the connection is
+    gone and fail the run instead of waiting for a reply forever.
+    """
+    for variable, value in KEEPALIVE_ENV.items():
+        monkeypatch.setenv(variable, value)
+    options = env.database("AUTH_DATABASE_URL", "unused.sqlite3")["OPTIONS"]
+    assert isinstance(options, dict)
+    keepalives = {k: v for k, v in options.items() if k.startswith("keepalives") or k == "tcp_user_timeout"}
+    assert keepalives == {
+        "keepalives": 1,
+        "keepalives_idle": 1,
+        "keepalives_interval": 1,
+        "keepalives_count": 2,
+        "tcp_user_timeout": 3000,
+    }
+    connections["auth"].close()
+    connections.settings["auth"]["OPTIONS"] = {**connections.settings["auth"]["OPTIONS"], **keepalives}
+
+    plant_drift()
+    assert finishes(lambda: command("users"))[0] == 1
+    before = drift_records()
+
+    conf = connections.settings["auth"]
+    host, port = auth_proxy.upstream  # around the proxy
+    direct = {"host": host, "port": port, "dbname": conf["NAME"], "user": conf["USER"]}
+    if conf.get("PASSWORD"):
+        direct["password"] = conf["PASSWORD"]
+    outcome: list[Any] = []
+
+    def audit() -> None:
+        try:
+            outcome.append(finishes(lambda: command("users")))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    with psycopg.connect(**direct) as locker, psycopg.connect(**direct, autocommit=True) as observer:
+        locker.execute("LOCK TABLE auth_users IN ACCESS EXCLUSIVE MODE")
+        runner = threading.Thread(target=audit, daemon=True)
+        runner.start()
+        wait_until(
+            lambda: observer.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+                " AND pid <> pg_backend_pid() AND wait_event_type = 'Lock'"
+            ).fetchall(),
+            timeout=60,
+            what="the audit's scan to wait for the locked table",
+        )
+        auth_proxy.set("vanish")  # mid-query: the client is waiting for the reply
+        locker.rollback()  # the server answers now, into the void
+        runner.join(HANG_GUARD + 30)
+    assert not runner.is_alive(), "the audit still waits for a reply from a partitioned store"
+    if isinstance(outcome[0], BaseException):
+        raise outcome[0]
+    code, out, message = outcome[0]
+    assert_failed_run(code, message, "users", ("PostgreSQL database 'auth'",))
+    assert "statement timeout" not in message
+    assert "no drift" not in out.lower()
     assert drift_records() == before
 
 
