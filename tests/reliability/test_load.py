@@ -122,13 +122,16 @@ def backends(alias: str) -> int:
 
 
 def test_burst_of_50_audits_and_cache_reads(
-    monkeypatch: pytest.MonkeyPatch, users: tuple[list[str], list[str], Expected]
+    monkeypatch: pytest.MonkeyPatch,
+    users: tuple[list[str], list[str], Expected],
+    record_property: Callable[[str, object], None],
 ) -> None:
-    """50 requests at once (6 audits, 44 cache reads) share 13 connections per database: all of
-    them succeed with exact results, and the pools served them all."""
+    """50 requests at once (6 audits, 44 cache reads) share ``pool_size_for(6)`` connections per
+    database: all of them succeed with exact results, and the pools served them all."""
     ids, drifted, expected = users
     audits, burst = 6, 50
     size = pool_size_for(audits)
+    record_property("pool_size", size)
     with pooled(monkeypatch, size, timeout=60):
         calls: list[Callable[[], Any]] = [audit_request] * audits
         calls += [partial(read_request, ids[n % len(ids)], expected) for n in range(burst - audits)]
@@ -154,11 +157,13 @@ def test_sustained_load(
     users: tuple[list[str], list[str], Expected],
     record_property: Callable[[str, object], None],
 ) -> None:
-    """Two auditors and four readers loop for RELIABILITY_LOAD_SECONDS against a pool of 5 per
-    database: every audit exact, every read right, no pool error, no connection leaked."""
+    """Two auditors and four readers loop for RELIABILITY_LOAD_SECONDS against a pool of
+    ``pool_size_for(2)`` per database: every audit exact, every read right, no pool error, no
+    connection leaked."""
     ids, drifted, expected = users
     auditors, readers = 2, 4
     size = pool_size_for(auditors)
+    record_property("pool_size", size)
     stop = threading.Event()
     problems: list[str] = []
     done = {"audits": 0, "reads": 0}
