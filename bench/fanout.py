@@ -6,7 +6,8 @@ process a worker) on the broker in CELERY_BROKER_URL: with one worker it coordin
 every segment itself; with two, the second takes segments too. The time runs from sending the
 task to the run recorded; every run must find exactly the 300 drifted rows. For reference, the
 same audit in one process without fan-out (``manage.py checkconsistency users``) is timed too.
-Settle is 0 s in every measurement (it is a fixed wait, the same for all).
+Settle is 0 s in every measurement (it is a fixed wait, the same for all); both tables are read
+once before each configuration, so that none starts from colder pages than another.
 
 Data: bench/datagen.py's data set in the databases BENCH_AUTH_DB / BENCH_BACKEND_DB (default
 bench_fanout_auth / bench_fanout_backend), created and filled when missing; the drift is
@@ -39,7 +40,7 @@ os.environ.setdefault("BENCH_BACKEND_DB", "bench_fanout_backend")
 sys.path[:0] = [str(BENCH), str(ROOT)]
 
 import datagen  # noqa: E402
-from common import AUTH_URL, BACKEND_URL, PYTHON, run_timed  # noqa: E402
+from common import AUTH_URL, BACKEND_URL, PYTHON, both, connect, run_timed  # noqa: E402
 
 WORKER = (
     "--pool",
@@ -55,6 +56,16 @@ FIGURES = re.compile(r"fan-out figures of users: (\{.*\})")
 
 def load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
+
+
+def _read(url: str, table: str) -> None:
+    with connect(url) as conn:
+        conn.execute(f"SELECT count(*) FROM {table}")
+
+
+def warm() -> None:
+    """Read both tables once, so every configuration starts from the same (cached) pages."""
+    both(_read)
 
 
 def django_setup() -> None:
@@ -190,6 +201,7 @@ def main() -> None:
     }
     try:
         for workers in (1, 2):
+            warm()
             procs = start_workers(workers, log)
             try:
                 runs = [fanned_out(args.segments, log) for _ in range(args.repeat)]
@@ -200,6 +212,7 @@ def main() -> None:
                 if run["drift"] != expected:
                     raise SystemExit(f"{workers} worker(s) found {run['drift']}, expected {expected}: {run}")
         if not args.no_reference:
+            warm()
             result["runs"]["in_process"] = [in_process() for _ in range(args.repeat)]
     finally:
         datagen.restore_drift(args.rows)

@@ -37,6 +37,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -202,17 +203,33 @@ def _scan(segment: AuditSegment, side: RowSide) -> tuple[IBLT, int]:
     fp_tmp, tid_tmp = Path(f"{base}.fp{suffix}"), Path(f"{base}.tid{suffix}")
     fp_sql = side.fp_sql()
     try:
-        with side.snapshot(), fp_tmp.open("wb") as fp_out, tid_tmp.open("wb") as tid_out:
+        with (
+            side.snapshot(),
+            fp_tmp.open("wb") as fp_out,
+            tid_tmp.open("wb") as tid_out,
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="consistency-fanout") as pool,
+        ):
+
+            def consume(fps: np.ndarray, tids: bytes) -> None:
+                table.add(fps)
+                fp_out.write(fps.astype("<i8", copy=False).tobytes())
+                tid_out.write(tids)
+
+            # One unit is added to the table while PostgreSQL computes the next: the worker
+            # keeps its database session busy instead of taking turns with it.
+            pending: Future[None] | None = None
             for where in _ranges(segment, side):
                 sql = (
                     "SELECT string_agg(int8send(f), ''::bytea), string_agg(tidsend(t), ''::bytea) FROM"
                     f" (SELECT {fp_sql} AS f, {side.table}.ctid AS t FROM {side.table} WHERE {where}) AS s"
                 )
                 for fps, tids in side.stream_unit(sql):
-                    table.add(fps)
+                    if pending is not None:
+                        pending.result()
+                    pending = pool.submit(consume, fps, tids)
                     rows += len(fps)
-                    fp_out.write(fps.astype("<i8", copy=False).tobytes())
-                    tid_out.write(tids)
+            if pending is not None:
+                pending.result()
         # Complete files only, under their final names: a crashed attempt leaves none behind.
         os.replace(fp_tmp, f"{base}.fp")
         os.replace(tid_tmp, f"{base}.tid")
