@@ -151,6 +151,7 @@ class RowParity(Declaration):
             since=ctx.since,
             progress=ctx.progress,
             strategy=first_pass(self.name),
+            cache_key=self.name,
         )
         figures = {
             "compared": stats.compared,

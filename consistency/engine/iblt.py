@@ -61,12 +61,17 @@ class IBLT:
     def __init__(self, cells: int) -> None:
         # A power of two per sub-table, at most 2**21, so that the K indexes are
         # three 21-bit slices of one mixed hash.
-        self.bits = min(21, max(6, int(cells - 1).bit_length()))
-        self.m = 1 << self.bits
+        self.m = self.size_for(cells)
+        self.bits = self.m.bit_length() - 1
         size = K * self.m
         self.fp = np.zeros(size, dtype=np.uint64)
         self.check = np.zeros(size, dtype=np.uint64)
         self.items = 0
+
+    @staticmethod
+    def size_for(cells: int) -> int:
+        """The sub-table size a table asked for ``cells`` gets."""
+        return 1 << min(21, max(6, int(cells - 1).bit_length()))
 
     @classmethod
     def cells_for_rows(cls, rows: int) -> int:
@@ -89,6 +94,17 @@ class IBLT:
             np.add.at(self.fp, idx, fps)
             np.add.at(self.check, idx, checks)
         self.items += len(fps)
+
+    def remove(self, fps: np.ndarray) -> None:
+        """Take rows out again (the inverse of ``add``): a cached side's changed ranges' old rows."""
+        if not len(fps):
+            return
+        fps = fps.astype(np.uint64, copy=False)
+        checks = mix(fps)
+        for idx in self._indexes(checks):
+            np.subtract.at(self.fp, idx, fps)
+            np.subtract.at(self.check, idx, checks)
+        self.items -= len(fps)
 
     def merge(self, other: IBLT) -> None:
         """Add ``other``'s items to this table (tables are sums: parts of one side add up)."""

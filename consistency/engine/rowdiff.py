@@ -27,6 +27,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import os
 import tempfile
 import threading
 import time
@@ -35,7 +37,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from django.db import connections
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
 
 from consistency.engine.declarations import BoundRowParity
 from consistency.engine.findings import Finding
@@ -45,8 +47,10 @@ if TYPE_CHECKING:
     import numpy as np
 
     from consistency.engine.iblt import IBLT
-    from consistency.engine.rowside import Chunk
+    from consistency.engine.rangecache import SideCache
+    from consistency.engine.rowside import Chunk, ScanPlan
 
+logger = logging.getLogger("consistency.audit")
 Progress = Callable[[int], None]
 _BLOCK_ROWS = 1 << 18  # records read back from a spill file at a time
 _RETRY_BUDGET = 48 << 20  # bytes of IBLTs held at once while a retry re-reads the spill files
@@ -71,15 +75,17 @@ STRATEGIES = ("aggregate", "stream")
 
 
 def first_pass(check_name: str) -> str:
-    """``aggregate`` when this check's last finished run found no drift and none of its drift is open;
+    """``aggregate`` when this check's last full run found no drift and none of its drift is open;
     ``stream`` when it did (the aggregate would only disagree and add a scan).
 
-    A check never run before starts with the aggregate: an audit is expected to find the stores agreeing.
+    Only full runs count: an incremental run compares the rows changed since a watermark, so
+    its outcome says nothing about the rest of the table. A check never run in full starts
+    with the aggregate: an audit is expected to find the stores agreeing.
     """
     from consistency.models import CheckRun, Drift
 
     last = (
-        CheckRun.objects.filter(check_name=check_name, status__in=["ok", "drift"])
+        CheckRun.objects.filter(check_name=check_name, status__in=["ok", "drift"], run__mode="full")
         .order_by("-id")
         .values_list("status", flat=True)
         .first()
@@ -92,17 +98,75 @@ def first_pass(check_name: str) -> str:
     return "aggregate"
 
 
-def _aggregates(source: RowSide, target: RowSide, since: dt.datetime | None) -> list[tuple[int, int]]:
-    """Both sides' (rows, digest), each in its own thread and connection."""
+def release_idle(*aliases: str) -> None:
+    """Give this thread's pooled connections on ``aliases`` back to their pool.
 
-    def one(side: RowSide) -> tuple[int, int]:
+    The calling thread of an audit holds connections from recording the run and choosing the
+    first pass while the scan threads take their own: with psycopg's pool, N concurrent
+    audits would then need two connections per alias each. A connection inside a
+    transaction, or one that is not pooled (reconnecting would only cost time), stays.
+    """
+    for alias in dict.fromkeys(aliases):
+        connection = connections[alias]
+        if getattr(connection, "pool", None) is not None and not connection.in_atomic_block:
+            connection.close()
+
+
+def spare_connections(alias: str) -> int | None:
+    """Connections ``alias``'s pool could hand out now without waiting; None when not pooled."""
+    pool = getattr(connections[alias], "pool", None)
+    if pool is None:
+        return None
+    stats = pool.get_stats()
+    return max(0, int(stats["pool_max"]) - int(stats["pool_size"]) + int(stats["pool_available"]))
+
+
+class _Order:
+    """Connections are taken in one order, by alias name (source first on a shared alias).
+
+    Each side runs in its own thread and holds its connection until the other side's scan
+    is done. If two audits could each hold one alias while waiting for the other, a small
+    pool would deadlock them until its timeout; taken in a fixed order, an audit holding
+    its second alias already holds its first, so one audit always completes.
+    """
+
+    def __init__(self, source: RowSide, target: RowSide) -> None:
+        self.first = 0 if (source.alias, 0) <= (target.alias, 1) else 1
+        self.taken: list[Future[int]] = [Future(), Future()]
+
+    def take(self, index: int, side: RowSide) -> None:
+        """Wait for the side before this one to hold its connection, then take ours."""
+        if index != self.first:
+            self.taken[1 - index].result()
+        side.connection.ensure_connection()
+
+    def estimates(self, index: int, side: RowSide) -> int:
+        """Post this side's row estimate; return the larger of both (both tables must match)."""
+        self.taken[index].set_result(side.estimate_rows())
+        return max(self.taken[0].result(), self.taken[1].result(), 1)
+
+    def failed(self, index: int, exc: BaseException) -> None:
+        if not self.taken[index].done():
+            self.taken[index].set_exception(exc)
+
+
+def _aggregates(source: RowSide, target: RowSide, since: dt.datetime | None) -> list[tuple[int, int]]:
+    """Both sides' (rows, digest), each in its own thread and connection, taken in order."""
+    order = _Order(source, target)
+
+    def one(index: int, side: RowSide) -> tuple[int, int]:
         try:
+            order.take(index, side)
+            order.taken[index].set_result(0)
             return side.aggregate(since)
+        except BaseException as exc:
+            order.failed(index, exc)
+            raise
         finally:
             connections[side.alias].close()
 
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="consistency-aggregate") as pool:
-        futures = [pool.submit(one, side) for side in (source, target)]
+        futures = [pool.submit(one, i, side) for i, side in enumerate((source, target))]
         return [f.result() for f in futures]
 
 
@@ -127,11 +191,24 @@ class Spill:
     side spills 140 MB there and keeps none of it resident.
     """
 
-    def __init__(self, locator_size: int) -> None:
+    def __init__(self, locator_size: int, files: tuple[Any, Any] | None = None, rows: int = 0) -> None:
+        """Temporary files, or ``files`` (fingerprints, locators) already holding ``rows`` records."""
         self.locator_size = locator_size
-        self.fps = tempfile.TemporaryFile(prefix="consistency-fp-")  # noqa: SIM115 - close()
-        self.locators = tempfile.TemporaryFile(prefix="consistency-loc-")  # noqa: SIM115 - close()
-        self.rows = 0
+        if files is None:
+            files = (
+                tempfile.TemporaryFile(prefix="consistency-fp-"),  # noqa: SIM115 - close()
+                tempfile.TemporaryFile(prefix="consistency-loc-"),  # noqa: SIM115 - close()
+            )
+        self.fps: Any = files[0]
+        self.locators: Any = files[1]
+        self.rows = rows
+
+    def segment(self, offset: int, rows: int) -> np.ndarray:
+        """The fingerprints of records ``offset`` to ``offset + rows``."""
+        import numpy as np
+
+        self.fps.seek(offset * 8)
+        return np.frombuffer(self.fps.read(rows * 8), dtype="<i8")
 
     def write(self, fps: np.ndarray, locators: bytes) -> None:
         self.fps.write(fps.astype("<i8", copy=False).tobytes())
@@ -185,109 +262,297 @@ class _Scanned:
     table: IBLT
     spills: list[Spill]
     connections: int
+    strategy: str = "stream"
 
 
 class _Part:
-    """What one connection of a side read: its IBLT and its spill file."""
+    """What one connection of a side read: its IBLT, its spill file, and per unit where its records went."""
 
-    def __init__(self, side: RowSide, cells: int) -> None:
+    def __init__(
+        self, side: RowSide, cells: int, files: tuple[Any, Any] | None = None, name: str = ""
+    ) -> None:
         from consistency.engine.iblt import IBLT
 
         self.table = IBLT(cells)
-        self.spill = Spill(side.locator_size)
+        self.spill = Spill(side.locator_size, files)
+        self.name = name  # the range cache's name for the files, when they are the cache's
+        self.units: dict[int, tuple[int, int, int]] = {}  # unit -> (offset, rows, digest)
+        self.digests: dict[int, tuple[int, int]] = {}  # unit -> (rows, digest), digest-only passes
 
-    def add(self, chunks: Iterator[Chunk], progress: Progress | None) -> None:
+    def add(self, chunks: Iterator[Chunk], progress: Progress | None, unit: int = -1) -> None:
+        import numpy as np
+
+        offset, digest = self.spill.rows, 0
         for fps, locators in chunks:
             self.table.add(fps)
             self.spill.write(fps, locators)
+            digest ^= int(np.bitwise_xor.reduce(fps)) if len(fps) else 0
             if progress is not None:
                 progress(len(fps))
+        self.units[unit] = (offset, self.spill.rows - offset, digest)
+
+    def digest(self, side: RowSide, sql: str, unit: int) -> None:
+        with side.connection.cursor() as cursor:
+            cursor.execute(sql)
+            rows, digest = cursor.fetchone()
+        self.digests[unit] = (int(rows), int(digest))
+
+
+Work = Callable[[_Part, int, str, list[Any]], None]
 
 
 def _read_units(
     side: RowSide,
     part: _Part,
-    units: Iterator[tuple[str, list[Any]]],
+    units: Iterator[tuple[int, tuple[str, list[Any]]]],
     lock: threading.Lock,
-    progress: Progress | None,
+    work: Work,
 ) -> None:
     """Take the plan's units one at a time until none is left (the connections share them)."""
     while True:
         with lock:
-            unit = next(units, None)
-        if unit is None:
+            item = next(units, None)
+        if item is None:
             return
-        part.add(side.stream_unit(*unit), progress)
+        number, (sql, params) = item
+        work(part, number, sql, params)
 
 
 def _helper(
     side: RowSide,
     part: _Part,
     snapshot: str,
-    units: Iterator[tuple[str, list[Any]]],
+    units: Iterator[tuple[int, tuple[str, list[Any]]]],
     lock: threading.Lock,
-    progress: Progress | None,
+    work: Work,
 ) -> None:
     try:
+        try:
+            side.connection.ensure_connection()
+        except DatabaseError as exc:
+            # A helper only speeds the scan up: without a connection (a pool with none to
+            # spare) the side's other connections read its share of the units.
+            logger.info("scan helper on %s got no connection (%s); the others read on", side.alias, exc)
+            return
         with side.joined(snapshot):
-            _read_units(side, part, units, lock, progress)
+            _read_units(side, part, units, lock, work)
     finally:
         connections[side.alias].close()
 
 
-def _side(
+def _helpers(side: RowSide, planned: int) -> int:
+    """Helper connections for a side: as planned, or as many as its pool can spare right now."""
+    spare = spare_connections(side.alias)
+    return planned if spare is None else min(planned, spare)
+
+
+def _run(side: RowSide, plan: ScanPlan, parts: list[_Part], units: list[int], work: Work) -> None:
+    """Run ``work`` on the plan's ``units``, parts[0] on this thread, the others on helper connections."""
+    queue = iter([(n, plan.units[n]) for n in units])
+    lock = threading.Lock()
+    with ThreadPoolExecutor(max_workers=len(parts), thread_name_prefix="consistency-part") as pool:
+        running = [
+            pool.submit(_helper, side, part, plan.snapshot or "", queue, lock, work) for part in parts[1:]
+        ]
+        _read_units(side, parts[0], queue, lock, work)
+        for helper in running:
+            helper.result()
+
+
+@dataclass
+class _SideScan:
+    """One side's scan: its table, the spill files to locate candidates in, and whether
+    those are the range cache's (their TIDs may be stale)."""
+
+    table: IBLT
+    spills: list[Spill]
+    connections: int
+    cached: bool = False
+    opened: list[Spill] = field(default_factory=list)  # closed when the side is done
+    strategy: str = "stream"
+
+
+def _stream_side(
     side: RowSide,
     cells: int,
     since: dt.datetime | None,
     progress: Progress | None,
+    cache: SideCache | None,
+    parts: list[_Part],
+) -> _SideScan:
+    """Stream the whole side (every range); with a cache, its records become the cache's files."""
+    if side.dialect != "sql":
+        parts.append(_Part(side, cells))
+        parts[0].add(side.stream(since), progress)
+        return _SideScan(parts[0].table, [parts[0].spill], 1)
+    plan = side.plan(since)
+    caching = cache is not None and bool(plan.bounds)
+    workers = 1 + (_helpers(side, plan.workers - 1) if plan.snapshot else 0)
+    for _ in range(workers):
+        if caching and cache is not None:
+            name, fps, loc = cache.new_file()
+            parts.append(_Part(side, cells, (fps, loc), name))
+        else:
+            parts.append(_Part(side, cells))
+
+    def work(part: _Part, number: int, sql: str, params: list[Any]) -> None:
+        part.add(side.stream_unit(sql, params), progress, number)
+
+    _run(side, plan, parts, list(range(len(plan.units))), work)
+    table = parts[0].table
+    for part in parts[1:]:
+        table.merge(part.table)
+    if caching and cache is not None:
+        from consistency.engine.rangecache import Unit
+
+        units = []
+        for number, (start, _end) in enumerate(plan.bounds):
+            which = next(i for i, p in enumerate(parts) if number in p.units)
+            offset, rows, digest = parts[which].units[number]
+            units.append(Unit(start, rows, digest, which, offset))
+        for part in parts:
+            part.spill.fps.flush()
+            part.spill.locators.flush()
+        cache.save(units, [p.name for p in parts], table)
+    return _SideScan(table, [p.spill for p in parts], len(parts))
+
+
+def _cached_side(
+    side: RowSide,
+    cells: int,
+    progress: Progress | None,
+    cache: SideCache,
+    parts: list[_Part],
+) -> _SideScan | None:
+    """A side with a valid range cache: one digest per range; stream only the ranges that moved.
+
+    None when more than half of the ranges moved (a full scan costs less than the digests
+    and the partial update together).
+    """
+    from consistency.engine.rangecache import Unit
+
+    plan = side.plan(None, starts=[u.start for u in cache.units])
+    workers = 1 + (_helpers(side, plan.workers - 1) if plan.snapshot else 0)
+    parts += [_Part(side, cells) for _ in range(workers)]
+    digest_sql = [side.range_sql(a, b, digest=True) for a, b in plan.bounds]
+
+    def digest(part: _Part, number: int, sql: str, params: list[Any]) -> None:
+        part.digest(side, digest_sql[number], number)
+
+    _run(side, plan, parts, list(range(len(plan.units))), digest)
+    now = {n: d for part in parts for n, d in part.digests.items()}
+    moved = [n for n, u in enumerate(cache.units) if now[n] != (u.rows, u.digest)]
+    if progress is not None:
+        progress(sum(rows for rows, _ in now.values()))
+    if len(moved) * 2 > len(cache.units):
+        return None
+    old_files = cache.open_files()
+    old = [Spill(side.locator_size, files, os.fstat(files[0].fileno()).st_size // 8) for files in old_files]
+    table = cache.iblt()
+    if not moved:
+        return _SideScan(table, old, len(parts), cached=True, opened=old, strategy="ranges")
+
+    def stream(part: _Part, number: int, sql: str, params: list[Any]) -> None:
+        part.add(side.stream_unit(sql, params), None, number)
+
+    _run(side, plan, parts, moved, stream)
+    for number in moved:
+        unit = cache.units[number]
+        table.remove(old[unit.file].segment(unit.offset, unit.rows))
+    for part in parts:
+        table.merge(part.table)
+    # Rewrite the records in range order: unchanged ranges from the cache, moved ones from the parts.
+    name, fps, loc = cache.new_file()
+    out = Spill(side.locator_size, (fps, loc))
+    units = []
+    for number, unit in enumerate(cache.units):
+        if number in moved:
+            part = next(p for p in parts if number in p.units)
+            offset, rows, dig = part.units[number]
+            part.spill.fps.flush()
+            part.spill.locators.flush()
+            cache.copy_records(
+                (part.spill.fps, part.spill.locators), offset, rows, (fps, loc), side.locator_size
+            )
+        else:
+            rows, dig = unit.rows, unit.digest
+            cache.copy_records(old_files[unit.file], unit.offset, rows, (fps, loc), side.locator_size)
+        units.append(Unit(unit.start, rows, dig, 0, out.rows))
+        out.rows += rows
+    for spill in old:
+        spill.close()
+    fps.flush()
+    loc.flush()
+    cache.save(units, [name], table)
+    return _SideScan(table, [out], len(parts), cached=True, opened=[out], strategy="ranges+stream")
+
+
+def _side(
+    side: RowSide,
+    index: int,
+    order: _Order,
+    since: dt.datetime | None,
+    progress: Progress | None,
     scanned: Future[_Scanned],
     wanted: Future[list[int] | None],
+    cache_key: str | None,
 ) -> dict[str, Row]:
     """One side, in its own thread: scan into IBLTs and spill files, report, wait for the
     fingerprints to fetch, fetch them in the same snapshot; return the fetched rows by key."""
+    from consistency.engine.iblt import IBLT
+    from consistency.engine.rangecache import SideCache, StaleCache
+
     parts: list[_Part] = []
+    cache: SideCache | None = None
+    result: _SideScan | None = None
     try:
+        order.take(index, side)
         with side.snapshot():
-            parts.append(_Part(side, cells))
-            if side.dialect != "sql":
-                parts[0].add(side.stream(since), progress)
-            else:
-                plan = side.plan(since)
-                units, lock = iter(plan.units), threading.Lock()
-                parts += [_Part(side, cells) for _ in range(plan.workers - 1)]
-                with ThreadPoolExecutor(
-                    max_workers=len(parts), thread_name_prefix="consistency-part"
-                ) as pool:
-                    helpers = [
-                        pool.submit(_helper, side, part, plan.snapshot or "", units, lock, progress)
-                        for part in parts[1:]
-                    ]
-                    _read_units(side, parts[0], units, lock, progress)
-                    for helper in helpers:
-                        helper.result()
-            table = parts[0].table
-            for part in parts[1:]:
-                table.merge(part.table)
-            rows = sum(p.spill.rows for p in parts)
-            scanned.set_result(_Scanned(rows, table, [p.spill for p in parts], len(parts)))
+            cells = IBLT.cells_for_rows(order.estimates(index, side))
+            if cache_key and side.dialect == "sql" and since is None:
+                cache = SideCache.open(cache_key, index, side, cells)
+            if cache is not None and cache.valid:
+                result = _cached_side(side, cells, progress, cache, parts)
+                if result is None:  # most ranges moved: scan it all again
+                    for part in parts:
+                        part.spill.close()
+                    parts.clear()
+            if result is None:
+                result = _stream_side(side, cells, since, progress, cache, parts)
+            rows = sum(s.rows for s in result.spills)
+            scanned.set_result(
+                _Scanned(rows, result.table, result.spills, result.connections, result.strategy)
+            )
             fps = wanted.result()
             if not fps:
                 return {}
             found_fps: set[int] = set()
             locators: list[bytes] = []
-            for part in parts:
-                got_fps, got = part.spill.locate(fps)
+            for spill in result.spills:
+                got_fps, got = spill.locate(fps)
                 found_fps.update(got_fps)
                 locators += got
-            fetched = side.rows_by_locators(locators, since)
-        return {row.key: row for row in fetched if row.fp in found_fps}
+            fetched = [row for row in side.rows_by_locators(locators, since) if row.fp in found_fps]
+            if cache is not None and {row.fp for row in fetched} != set(fps):
+                # A candidate was not where the cache (or this scan) put it: the cache is stale.
+                cache.discard()
+                raise StaleCache(f"{side.label}: a cached row location no longer holds its row")
+        return {row.key: row for row in fetched}
     except BaseException as exc:
+        order.failed(index, exc)
         if not scanned.done():
             scanned.set_exception(exc)
+        if cache is not None and not isinstance(exc, StaleCache):
+            cache.discard()
         raise
     finally:
         for part in parts:
             part.spill.close()
+        if result is not None:
+            for spill in result.opened:
+                spill.close()
+        if cache is not None:
+            cache.close()
         connections[side.alias].close()
 
 
@@ -354,22 +619,24 @@ def _scan(
     since: dt.datetime | None,
     progress: Progress | None,
     stats: RowDiffStats,
+    cache_key: str | None = None,
 ) -> tuple[dict[str, Row], dict[str, Row]]:
     """Scan both sides once and fetch the rows only one side holds, by key."""
-    from consistency.engine.iblt import IBLT
-
-    cells = IBLT.cells_for_rows(max(source.estimate_rows(), target.estimate_rows(), 1))
+    order = _Order(source, target)
     scanned: list[Future[_Scanned]] = [Future(), Future()]
     wanted: list[Future[list[int] | None]] = [Future(), Future()]
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="consistency-scan") as pool:
         workers = [
-            pool.submit(_side, side, cells, since, progress, scanned[i], wanted[i])
+            pool.submit(_side, side, i, order, since, progress, scanned[i], wanted[i], cache_key)
             for i, side in enumerate((source, target))
         ]
         try:
             a, b = scanned[0].result(), scanned[1].result()
             stats.source_rows, stats.target_rows = a.rows, b.rows
             stats.extra["connections"] = a.connections + b.connections
+            passes = {a.strategy, b.strategy}
+            scan = "stream" if passes == {"stream"} else "ranges" if passes == {"ranges"} else "ranges+stream"
+            stats.strategy = scan if stats.strategy == "stream" else f"{stats.strategy}+{scan}"
             only_source, only_target = _decode(a, b, stats)
             wanted[0].set_result(only_source)
             wanted[1].set_result(only_target)
@@ -403,16 +670,27 @@ def diff_rows(
     since: dt.datetime | None = None,
     progress: Progress | None = None,
     strategy: str = "stream",
+    cache_key: str | None = None,
 ) -> tuple[list[Finding], RowDiffStats]:
     """Compare both sides of ``bound``; return confirmed findings and the figures.
 
     ``strategy`` ``aggregate`` runs the aggregate pass first (SQL dialect), ``stream`` does not.
+    ``cache_key`` (the check's name) keeps each side's range cache (``rangecache``) between
+    full audits: when both sides have one, their per-range digests replace the aggregate
+    pass and only the ranges that moved are streamed (strategy ``ranges``).
     """
+    from consistency.engine.rangecache import StaleCache, has_cache
+
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown row parity strategy {strategy!r}; expected one of {STRATEGIES}")
     stats = RowDiffStats()
     source, target = make_sides(bound)
-    if strategy == "aggregate" and source.dialect == "sql":
+    if source.dialect != "sql" or since is not None:
+        cache_key = None
+    # The scan threads take their own connections: give the caller's back to a pool first.
+    release_idle(DEFAULT_DB_ALIAS, source.alias, target.alias)
+    cached = bool(cache_key) and all(has_cache(cache_key or "", i, s) for i, s in enumerate((source, target)))
+    if strategy == "aggregate" and source.dialect == "sql" and not cached:
         (stats.source_rows, src_digest), (stats.target_rows, tgt_digest) = _aggregates(source, target, since)
         stats.segments = 1
         if stats.source_rows == stats.target_rows and src_digest == tgt_digest:
@@ -421,8 +699,14 @@ def diff_rows(
             if progress is not None:
                 progress(stats.source_rows + stats.target_rows)
             return [], stats
-        stats.strategy = "aggregate+stream"
-    first_source, first_target = _scan(source, target, since, progress, stats)
+        stats.strategy = "aggregate"  # and then the scan: _scan appends its passes
+    try:
+        first_source, first_target = _scan(source, target, since, progress, stats, cache_key)
+    except StaleCache as exc:
+        logger.info("range cache of %s is stale (%s): scanning again", bound.decl.name, exc)
+        stats.strategy = "aggregate" if stats.strategy.startswith("aggregate") else "stream"
+        stats.extra["stale_cache"] = 1
+        first_source, first_target = _scan(source, target, since, progress, stats, cache_key)
     stats.compared = max(stats.source_rows, stats.target_rows)
     keys = sorted(set(first_source) | set(first_target))
     stats.rows_fetched = len(first_source) + len(first_target)
@@ -433,8 +717,13 @@ def diff_rows(
         time.sleep(settle)
     # Re-read every candidate by key on both sides: the confirmation, and, for an
     # incremental audit, the other side's row even when it did not change.
-    now_source = source.rows_by_keys(keys)
-    now_target = target.rows_by_keys(keys)
+    # In the connections' order (see _Order): the caller then holds both aliases at once.
+    if (source.alias, 0) <= (target.alias, 1):
+        now_source = source.rows_by_keys(keys)
+        now_target = target.rows_by_keys(keys)
+    else:
+        now_target = target.rows_by_keys(keys)
+        now_source = source.rows_by_keys(keys)
     labels = [f.label for f in bound.fields]
     secret = {f.label for f in bound.fields if f.secret}
     findings = []

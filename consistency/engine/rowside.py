@@ -201,7 +201,17 @@ class RowSide:
             cursor.execute("SET TRANSACTION SNAPSHOT %s", [snapshot])
             yield
 
-    def plan(self, since: dt.datetime | None = None) -> ScanPlan:
+    def range_sql(self, start: int, end: int | None, digest: bool = False) -> str:
+        """One TID range's query: its packed (fingerprint, TID) blobs, or with ``digest`` its
+        (rows, XOR of fingerprints). Block numbers are integers, so the literals are safe."""
+        upper = "" if end is None else f" AND ctid < '({int(end)},0)'::tid"
+        where = f" WHERE ctid >= '({int(start)},0)'::tid{upper}"
+        if digest:
+            return f"SELECT count(*), COALESCE(bit_xor({self.fp_sql()}), 0) FROM {self.table}{where}"
+        rows = f"SELECT {self.fp_sql()} AS f, {self.table}.ctid AS t FROM {self.table}"
+        return f"SELECT {_PACKED} FROM ({rows}{where}) AS s"
+
+    def plan(self, since: dt.datetime | None = None, starts: Sequence[int] | None = None) -> ScanPlan:
         """How to scan this side (SQL dialect, inside ``snapshot()``).
 
         A full scan on PostgreSQL 14+ is cut into TID ranges of about ``UNIT_ROWS``
@@ -229,20 +239,20 @@ class RowSide:
             groups = 1 << max(0, (max(tuples, 1) // 500_000).bit_length())
             sql = f"SELECT {_PACKED} FROM ({rows}{where} OFFSET 0) AS s GROUP BY f & {groups - 1}"
             return ScanPlan([(sql, params)], 1, None)
-        # Never analysed (reltuples -1): size the ranges as if blocks held 50 rows each.
-        step = max(1, UNIT_ROWS * blocks // (tuples if tuples > 0 else 50 * max(blocks, 1)))
-        starts = list(range(0, max(blocks, 1), step))
-        units: list[tuple[str, list[Any]]] = []
-        for i, start in enumerate(starts):
-            upper = "" if i == len(starts) - 1 else f" AND ctid < '({start + step},0)'::tid"
-            units.append((f"SELECT {_PACKED} FROM ({rows} WHERE ctid >= '({start},0)'::tid{upper}) AS s", []))
+        if starts is None:
+            # Never analysed (reltuples -1): size the ranges as if blocks held 50 rows each.
+            step = max(1, UNIT_ROWS * blocks // (tuples if tuples > 0 else 50 * max(blocks, 1)))
+            starts = list(range(0, max(blocks, 1), step))
+        ends: list[int | None] = [*starts[1:], None]
+        bounds = tuple(zip(starts, ends, strict=True))
+        units: list[tuple[str, list[Any]]] = [(self.range_sql(a, b), []) for a, b in bounds]
         workers = 1 + min(max_workers, _parallel_workers(blocks, min_blocks), len(units) - 1)
         exported = None
         if workers > 1:
             with self.connection.cursor() as cursor:
                 cursor.execute("SELECT pg_export_snapshot()")
                 exported = cursor.fetchone()[0]
-        return ScanPlan(units, workers, exported)
+        return ScanPlan(units, workers, exported, bounds)
 
     def stream_unit(self, sql: str, params: Sequence[Any] = ()) -> Iterator[Chunk]:
         """Run one unit of a plan on this thread's connection: (fingerprints, TIDs) per result row.
@@ -399,6 +409,8 @@ class ScanPlan:
     units: list[tuple[str, list[Any]]]
     workers: int
     snapshot: str | None  # exported by the first connection when workers > 1
+    # A full scan's TID ranges, (first block, end block or None for the last), one per unit.
+    bounds: tuple[tuple[int, int | None], ...] = ()
 
 
 def _parallel_workers(blocks: int, min_blocks: int) -> int:

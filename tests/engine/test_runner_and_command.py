@@ -13,6 +13,7 @@ from django.core.checks import run_checks
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connections
+from django.test import override_settings
 
 from consistency.engine.declarations import Invariant, ReferenceParity, Repair, RowParity, Side
 from consistency.engine.registry import registry
@@ -320,8 +321,11 @@ def test_system_check__shipped_declarations_are_valid() -> None:
     assert [e for e in run_checks() if e.id == "consistency.E001"] == []
 
 
+@override_settings(CONSISTENCY={"RANGE_CACHE_DIR": None, "SETTLE_SECONDS": 0})
 def test_runner__first_pass_follows_the_previous_run(declared: None) -> None:
-    """Aggregate first after a run without drift; stream directly after a run that found drift."""
+    """Aggregate first after a full run without drift; stream directly after a full run that found
+    drift. Incremental runs do not count. (The range cache is off: with it, later runs read
+    per-range digests instead, see test_rowdiff.)"""
     pg = all(connections[a].vendor == "postgresql" for a in ("auth", "default"))
 
     def strategy() -> tuple[int, str, list[str]]:
@@ -347,3 +351,11 @@ def test_runner__first_pass_follows_the_previous_run(declared: None) -> None:
     Drift.objects.filter(key="5").update(status="acknowledged")
     CheckRun.objects.filter(check_name="t_rows").update(status="ok")
     assert strategy() == (1, "stream", ["5"])
+    # Only full runs count: after a full run that found drift (repaired since), a clean
+    # incremental run does not make the next full run start with the aggregate.
+    IntRow.objects.using("default").filter(id=5).update(name="name 5")
+    Drift.objects.filter(key="5").update(status="repaired")
+    code, out = run("t_rows", "--format", "json", "--since", "2000-01-01T00:00:00Z")
+    assert (code, json.loads(out)["checks"][0]["figures"]["mode"]) == (0, "incremental")
+    assert strategy() == (0, "stream", [])
+    assert strategy() == (0, "aggregate" if pg else "stream", [])
