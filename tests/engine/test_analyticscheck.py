@@ -265,3 +265,26 @@ def test_row_parity__drills_into_the_differing_key_ranges_only(
     assert [(f.key, f.kind) for f in findings] == [(str(logs[30].pk), "mismatch")]
     assert (figures["segments"], figures["compared"]) == (1, 60)
     assert figures["bucket_count"] > 5
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="the page sample is PostgreSQL's")
+def test_key_ranges__page_sample_of_a_large_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above SAMPLE_PAGES pages the sample is one key from each of some random pages."""
+    thread = MessageFactory.create(id="msg_first").thread
+    text = [{"type": "text", "text": {"value": "x" * 1500, "annotations": []}}]  # ~4 rows a page
+    ids = {f"msg_{i:03d}" for i in range(120)}
+    for key in ids:
+        MessageFactory.create(id=key, thread=thread, content=text)
+    ids.add("msg_first")
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE messages")
+        cursor.execute("SELECT relpages FROM pg_class WHERE relname = 'messages'")
+        (pages,) = cursor.fetchone()
+    assert pages > 10
+    monkeypatch.setattr(ranges, "SAMPLE_PAGES", pages // 2)
+    keys, rows = ranges._pg_sample("default", "messages", "id")
+    assert rows == len(ids)  # the planner's estimate, exact after ANALYZE
+    assert 0 < len(keys) < len(ids)
+    assert {k.decode() for k in keys} <= ids
+    assert len(set(keys)) == len(keys)
+    assert len(keys) <= pages  # one a page
