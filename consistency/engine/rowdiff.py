@@ -511,14 +511,18 @@ def _side(
             cells = IBLT.cells_for_rows(order.estimates(index, side))
             if cache_key and side.dialect == "sql" and since is None:
                 cache = SideCache.open(cache_key, index, side, cells)
+            digested = False
             if cache is not None and cache.valid:
                 result = _cached_side(side, cells, progress, cache, parts)
                 if result is None:  # most ranges moved: scan it all again
+                    digested = True
                     for part in parts:
                         part.spill.close()
                     parts.clear()
             if result is None:
                 result = _stream_side(side, cells, since, progress, cache, parts)
+                if digested:
+                    result.strategy = "ranges+stream"  # the digests, then every range
             rows = sum(s.rows for s in result.spills)
             scanned.set_result(
                 _Scanned(rows, result.table, result.spills, result.connections, result.strategy)
