@@ -51,6 +51,17 @@ DEFAULTS: dict[str, Any] = {
     "CACHE_VERSION_TTL": 7 * 24 * 3600,
     # Seconds an audit lock is held at most (a crashed audit frees it after this).
     "AUDIT_LOCK_SECONDS": 6 * 3600,
+    # --- Fan-out of a full audit into segment tasks (consistency/engine/fanout.py) ---
+    # A scheduled full audit fans a row parity check out when its larger side has at least this
+    # many rows; None: never (fanout_audit can still be asked for explicitly).
+    "FANOUT_ROWS": 2_000_000,
+    # ... and only when at least this many workers answer a ping: one worker alone reads the
+    # segments one after another, slower than the single-process audit's parallel scan.
+    "FANOUT_MIN_WORKERS": 2,
+    # TID-range segments per side (more segments than workers keeps them all busy to the end).
+    "FANOUT_SEGMENTS": 16,
+    # Seconds after which the coordinator takes over a segment whose claimer went silent.
+    "FANOUT_LEASE_SECONDS": 900,
     # Addresses mailed when a scheduled audit finds new drift; empty: no mail.
     "ALERT_EMAILS": (),
     # URL that receives a JSON POST when a scheduled audit finds new drift; None: no webhook.

@@ -9,19 +9,12 @@ is how the segment gets done.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import ExitStack
 from typing import Any
 
 from celery import shared_task
 
 from consistency.engine import fanout
-from consistency.engine.declarations import Declaration
-from consistency.engine.registry import registry
-from consistency.engine.runner import AuditOptions, run_audit
-from consistency.models import AuditRun
-from consistency.sync import alerts
-from consistency.sync.audits import SKIPPED_LOCKED, ScheduledAuditResult
-from consistency.sync.locks import cache_lock
+from consistency.sync.audits import ScheduledAuditResult, scheduled_audit
 
 
 @shared_task(
@@ -45,26 +38,11 @@ def fanout_audit(
     min_rows: int | None = None,
     segments: int | None = None,
     settle: float | None = None,
-    trigger: str = AuditRun.Trigger.SCHEDULE,
 ) -> ScheduledAuditResult:
-    """A full audit of ``checks`` (all when empty) whose large row parity checks fan out;
-    the same lock per check, run records and alerts as ``consistency.sync.audits.scheduled_audit``."""
-    declarations = registry.select(checks)
-    with ExitStack() as stack:
-        chosen: list[Declaration] = []
-        skipped: list[Declaration] = []
-        for decl in declarations:
-            (chosen if stack.enter_context(cache_lock(decl.name)) else skipped).append(decl)
-        if not chosen:
-            return ScheduledAuditResult(status=SKIPPED_LOCKED, skipped=[d.name for d in skipped])
-        chosen = [fanout.fan_out(d, min_rows=min_rows, segments=segments) for d in chosen]
-        run, _ = run_audit(chosen, AuditOptions(trigger=trigger, since=None, settle=settle))
-    queued = alerts.notify_new_drift(run)
-    return ScheduledAuditResult(
-        status=run.status,
-        run_id=run.pk,
-        new_drift=queued[0].drift_count if queued else len(alerts.new_drift(run)),
-        skipped=[d.name for d in skipped],
+    """A full audit of ``checks`` (all when empty) whose large row parity checks fan out whatever
+    the number of workers: ``scheduled_audit`` with ``fan_out=True``, same lock, records, alerts."""
+    return scheduled_audit(
+        full=True, checks=checks, fan_out=True, min_rows=min_rows, segments=segments, settle=settle
     )
 
 

@@ -41,11 +41,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from django.conf import settings
 from django.db import connections, transaction
 from django.db.models import Count, Q
 from django.utils import timezone
 
+from consistency.conf import app_settings
 from consistency.engine.declarations import Declaration, RowParity, bind_row_parity
 from consistency.engine.findings import AuditContext, Finding
 from consistency.engine.redact import mask_urls
@@ -63,21 +63,8 @@ logger = logging.getLogger("consistency.fanout")
 
 SCAN, LOCATE = "scan", "locate"
 SIDES = ("source", "target")
-DEFAULTS: dict[str, Any] = {
-    # A full audit of a row parity check whose larger side has at least this many rows fans out.
-    "FANOUT_ROWS": 2_000_000,
-    # TID-range segments per side (more segments than workers keeps them all busy to the end).
-    "FANOUT_SEGMENTS": 16,
-    # Seconds after which the coordinator takes over a segment whose claimer went silent.
-    "FANOUT_LEASE_SECONDS": 900,
-}
 _POLL = 0.05  # seconds between looks at segments other workers hold
 _BLOCK = 1 << 20  # spill records read back at a time
-
-
-def fanout_setting(name: str) -> Any:
-    """``settings.CONSISTENCY[name]`` for the fan-out keys, else their default here."""
-    return (getattr(settings, "CONSISTENCY", None) or {}).get(name, DEFAULTS[name])
 
 
 class SegmentFailed(RuntimeError):
@@ -94,7 +81,9 @@ def fan_out(decl: Declaration, *, min_rows: int | None = None, segments: int | N
 
     if type(decl) is not RowParity or audit_segment.app.conf.task_always_eager:
         return decl  # in-process mode (no broker): nobody to fan out to
-    threshold = fanout_setting("FANOUT_ROWS") if min_rows is None else min_rows
+    threshold = app_settings.FANOUT_ROWS if min_rows is None else min_rows
+    if threshold is None:
+        return decl  # fan-out switched off
     try:
         source, target = make_sides(bind_row_parity(decl))
         if source.dialect != "sql" or min(s.connection.pg_version for s in (source, target)) < 140000:  # type: ignore[attr-defined]
@@ -104,7 +93,7 @@ def fan_out(decl: Declaration, *, min_rows: int | None = None, segments: int | N
     except Exception:
         return decl  # a store that is down: the audit itself records the failure
     values = {f.name: getattr(decl, f.name) for f in dataclasses.fields(decl) if f.init}
-    return FannedOutRowParity(**values, segments=segments or int(fanout_setting("FANOUT_SEGMENTS")))
+    return FannedOutRowParity(**values, segments=segments or int(app_settings.FANOUT_SEGMENTS))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -405,7 +394,6 @@ def _cells(check: str) -> int:
     A retry costs another fanned-out scan here (no local spill to refill from), so the
     table is sized from the check's history; drift beyond it falls back to one process.
     """
-    from consistency.conf import app_settings
     from consistency.engine.iblt import MAX_CELLS
 
     last = (
@@ -496,7 +484,7 @@ class Coordinator:
         self._drain(phase)
 
     def _drain(self, phase: str) -> None:
-        lease = dt.timedelta(seconds=float(fanout_setting("FANOUT_LEASE_SECONDS")))
+        lease = dt.timedelta(seconds=float(app_settings.FANOUT_LEASE_SECONDS))
         mine = AuditSegment.objects.filter(job=self.job, phase=phase)
         while True:
             segment = claim(self.job, self.owner, phase)

@@ -26,7 +26,7 @@ from consistency.engine.registry import registry
 from consistency.engine.runner import AuditOptions, run_audit
 from consistency.fanout_tasks import fanout_audit, fanout_audit_task
 from consistency.models import AuditRun, AuditSegment, CheckRun, Drift
-from consistency.sync.audits import ScheduledAuditResult
+from consistency.sync.audits import ScheduledAuditResult, scheduled_audit, workers_online
 from project.celery import app
 from tests.sync.conftest import (
     ROOT,
@@ -381,3 +381,40 @@ def test_fanout__writes_during_the_audit_give_no_false_drift_and_hide_no_real_dr
     # The writes did reach the audit: their rows were candidates the confirmation dismissed.
     assert check.rows_fetched > 2 * len(expected) + 50
     assert check.in_flight > 0
+
+
+# -- the scheduled full audit fans out when enough workers answer -----------------------------------
+
+
+def segment_tasks_received(tmp_path: Path) -> int:
+    """``consistency.audit_segment`` tasks the ``workers`` fixture's processes logged as received."""
+    return sum(
+        log.read_text(errors="replace").count("consistency.audit_segment[")
+        for log in tmp_path.glob("worker*.log")
+    )
+
+
+def test_scheduled_full_audit__fans_out_only_with_enough_workers_and_when_switched_on(
+    workers: list[subprocess.Popen[bytes]], tmp_path: Path, settings: Any
+) -> None:
+    seed()
+    expected = plant_drift()
+    base = {**settings.CONSISTENCY, "FANOUT_ROWS": 0, "FANOUT_SEGMENTS": SEGMENTS}
+    settings.CONSISTENCY = base
+    assert workers_online() >= 2
+
+    fanned = run_of(scheduled_audit(full=True, checks=["users"]))
+    assert (fanned.status, drift_of(fanned)) == ("drift", expected)
+    received = segment_tasks_received(tmp_path)
+    assert received > 0  # the workers read segments of the nightly audit
+
+    # An incremental audit never fans out, nor a full one with fan-out switched off or with
+    # fewer workers online than FANOUT_MIN_WORKERS; each still finds the same drift.
+    sql("users", f"UPDATE users SET updated_at = now() WHERE id = '{key(3)}'")
+    incremental = run_of(scheduled_audit(full=False, checks=["users"]))
+    assert ("mismatch", key(3)) in drift_of(incremental)
+    for overrides in ({"FANOUT_ROWS": None}, {"FANOUT_MIN_WORKERS": 3}):
+        settings.CONSISTENCY = {**base, **overrides}
+        single = run_of(scheduled_audit(full=True, checks=["users"]))
+        assert (single.status, drift_of(single)) == ("drift", expected), overrides
+    assert segment_tasks_received(tmp_path) == received
