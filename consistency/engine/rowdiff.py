@@ -680,10 +680,12 @@ def diff_rows(
 
     ``strategy`` ``aggregate`` runs the aggregate pass first (SQL dialect), ``stream`` does not.
     ``cache_key`` (the check's name) keeps each side's range cache (``rangecache``) between
-    full audits: when both sides have one, their per-range digests replace the aggregate
-    pass and only the ranges that moved are streamed (strategy ``ranges``).
+    full audits: when the scan runs (after drift, or after an aggregate pass that disagreed),
+    a side with a cache reads per-range digests and streams only the ranges that moved
+    (strategy ``ranges``). After a clean run the plain aggregate still goes first: on
+    identical tables it is one parallel query per side, cheaper than the per-range digests.
     """
-    from consistency.engine.rangecache import StaleCache, has_cache
+    from consistency.engine.rangecache import StaleCache
 
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown row parity strategy {strategy!r}; expected one of {STRATEGIES}")
@@ -693,8 +695,7 @@ def diff_rows(
         cache_key = None
     # The scan threads take their own connections: give the caller's back to a pool first.
     release_idle(DEFAULT_DB_ALIAS, source.alias, target.alias)
-    cached = bool(cache_key) and all(has_cache(cache_key or "", i, s) for i, s in enumerate((source, target)))
-    if strategy == "aggregate" and source.dialect == "sql" and not cached:
+    if strategy == "aggregate" and source.dialect == "sql":
         (stats.source_rows, src_digest), (stats.target_rows, tgt_digest) = _aggregates(source, target, since)
         stats.segments = 1
         if stats.source_rows == stats.target_rows and src_digest == tgt_digest:

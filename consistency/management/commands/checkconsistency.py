@@ -11,7 +11,6 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError
 from django.utils.dateparse import parse_datetime
-from tqdm import tqdm
 
 from consistency.engine import repair as repairs
 from consistency.engine.declarations import Declaration, DeclarationError, Severity
@@ -134,6 +133,8 @@ class Command(BaseCommand):
         def factory(decl: Declaration) -> Callable[[int], None] | None:
             if not enabled:
                 return None
+            from tqdm import tqdm  # only on a terminal: a scripted run does not import it
+
             bar = tqdm(desc=decl.name, unit=" rows", unit_scale=True, file=sys.stderr, leave=False)
             return bar.update
 
