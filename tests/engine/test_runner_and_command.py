@@ -359,3 +359,41 @@ def test_runner__first_pass_follows_the_previous_run(declared: None) -> None:
     assert (code, json.loads(out)["checks"][0]["figures"]["mode"]) == (0, "incremental")
     assert strategy() == (0, "stream", [])
     assert strategy() == (0, "aggregate" if pg else "stream", [])
+
+
+def test_repair__applied_but_not_recorded_says_so_and_the_next_audit_resolves_it(declared: None) -> None:
+    if connections["default"].vendor != "postgresql":
+        pytest.skip("a trigger that refuses the repair log's insert needs PostgreSQL")
+    fill("auth", range(1, 11))
+    fill("default", range(2, 11))
+    with connections["default"].cursor() as cursor:
+        cursor.execute(
+            "CREATE FUNCTION t_refuse_log() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN RAISE EXCEPTION 'repair log refused by the test'; END $$"
+        )
+        cursor.execute(
+            f"CREATE TRIGGER t_refuse_log BEFORE INSERT ON {RepairLog._meta.db_table} "
+            "FOR EACH ROW EXECUTE FUNCTION t_refuse_log()"
+        )
+    try:
+        with pytest.raises(CommandError) as failed:
+            call_command(
+                "checkconsistency", "t_rows", "--repair", "--execute", "--settle", "0",
+                stdout=StringIO(), stderr=StringIO(),
+            )  # fmt: skip
+    finally:
+        with connections["default"].cursor() as cursor:
+            cursor.execute(f"DROP TRIGGER t_refuse_log ON {RepairLog._meta.db_table}")
+            cursor.execute("DROP FUNCTION t_refuse_log()")
+    assert failed.value.returncode == 2
+    message = str(failed.value)
+    assert "was applied, but recording it failed" in message, message
+    assert "rolled back" not in message
+    assert IntRow.objects.using("default").get(id=1).name == "name 1"  # the apply committed
+    assert Drift.objects.get(key="1").status == "open"  # ... and the record did not
+    assert RepairLog.objects.count() == 0
+
+    code, out = run("t_rows", "--repair", "--execute")
+    assert code == 0, out  # the rerun's audit sees the repaired key agree: nothing to apply
+    assert Drift.objects.get(key="1").status == "resolved"
+    assert RepairLog.objects.count() == 0

@@ -173,6 +173,14 @@ class Command(BaseCommand):
             if execute:
                 try:
                     logs = repairs.execute(decl, actions, performed_as=getpass.getuser())
+                except repairs.RepairNotRecorded as exc:
+                    cause = exc.__cause__ or exc
+                    raise CommandError(
+                        f"repair of {decl.name} was applied, but recording it failed: "
+                        f"{mask_urls(describe_failure(cause))}. Its drift records stay open; "
+                        "the next audit finds the repaired keys in agreement and resolves them.",
+                        returncode=2,
+                    ) from exc
                 except Exception as exc:
                     if not store_of(exc):
                         raise
