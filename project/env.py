@@ -129,6 +129,12 @@ def keepalive_options() -> dict[str, int]:
     return options
 
 
+def client_timeout_grace() -> float:
+    """Seconds a PostgreSQL call may wait past its statement timeout before the client gives up
+    (consistency.stores.deadline); DATABASE_CLIENT_TIMEOUT_GRACE, 30 by default."""
+    return float(number("DATABASE_CLIENT_TIMEOUT_GRACE", 30, minimum=0.1))
+
+
 def whole(name: str, default: int, minimum: int = 0) -> int:
     """A whole number (of seconds, or a count) from ``name``, refusing anything else by name."""
     value = number(name, default, minimum)

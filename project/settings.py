@@ -67,6 +67,9 @@ DATABASES = {
     "auth": env.database("AUTH_DATABASE_URL", "auth.sqlite3"),
 }
 DATABASE_ROUTERS = ["project.routers.ServiceRouter"]
+# A PostgreSQL call still waiting for the server this many seconds past the statement timeout
+# has its connection closed by consistency.stores.deadline (a stalled proxy or frozen backend).
+DATABASE_CLIENT_TIMEOUT_GRACE = env.client_timeout_grace()
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 CACHES = {"default": env.cache("REDIS_URL")}

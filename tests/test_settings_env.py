@@ -67,6 +67,8 @@ def start(
         ("MILVUS_URI", "/tmp/x.txt", r"MILVUS_URI='/tmp/x.txt'.*\.db"),  # noqa: S108 - never opened
         ("CELERY_BROKER_URL", "ftp://x", r"CELERY_BROKER_URL='ftp://x'.*unknown scheme 'ftp'"),
         ("DEBUG", "maybe", r"DEBUG='maybe'.*true or false"),
+        ("DATABASE_CLIENT_TIMEOUT_GRACE", "soon", r"DATABASE_CLIENT_TIMEOUT_GRACE='soon'.*a number >= 0.1"),
+        ("DATABASE_CLIENT_TIMEOUT_GRACE", "0", r"DATABASE_CLIENT_TIMEOUT_GRACE='0'.*a number >= 0.1"),
     ],
 )
 def test_bad_value__stops_startup_naming_the_variable(
@@ -90,6 +92,16 @@ def test_good_values__start_cleanly(tmp_path: Path) -> None:
     assert resolved["milvus"] == GOOD["MILVUS_URI"]
     assert resolved["eager"] is False
     assert resolved["debug"] is False
+
+
+GRACE = "import django; django.setup(); from django.conf import settings; print(settings.DATABASE_CLIENT_TIMEOUT_GRACE)"
+
+
+@pytest.mark.parametrize(("value", "expected"), [("", "30.0"), ("2.5", "2.5"), ("7", "7.0")])
+def test_client_timeout_grace__from_the_environment(tmp_path: Path, value: str, expected: str) -> None:
+    result = start(tmp_path, GRACE, **GOOD, DATABASE_CLIENT_TIMEOUT_GRACE=value)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == expected
 
 
 def test_everything_unset__embedded_default_under_var_dir(tmp_path: Path) -> None:

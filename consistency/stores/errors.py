@@ -57,6 +57,9 @@ def store_of(exc: BaseException) -> str:
     for error in _chain(exc):
         if isinstance(error, StoreError):
             return error.store
+        alias = getattr(error, "database_alias", None)  # stores.deadline.QueryDeadlineExceeded
+        if isinstance(alias, str):
+            return f"PostgreSQL database {alias!r}"
         module = type(error).__module__.split(".")[0]
         if module in ("psycopg", "psycopg_pool", "psycopg2"):
             return "PostgreSQL" + _database(exc)
@@ -72,8 +75,11 @@ def store_of(exc: BaseException) -> str:
 
 
 def describe_error(exc: BaseException) -> str:
-    """``<Type>: <message>``; a connection pool that stayed full is named as such."""
+    """``<Type>: <message>``; a connection pool that stayed full, and a call the client-side
+    deadline ended, are named as such."""
     for error in _chain(exc):
+        if type(error).__name__ == "QueryDeadlineExceeded":  # stores.deadline's, maybe wrapped by Django
+            return f"QueryDeadlineExceeded: {error}"
         if type(error).__name__ == "PoolTimeout":  # psycopg_pool's, wrapped by Django's OperationalError
             return f"PoolTimeout: {error}: every pooled connection stayed busy (DATABASE_POOL_MAX_SIZE)"
     return f"{type(exc).__name__}: {exc}".strip()

@@ -52,6 +52,16 @@ ROWS: list[tuple[str, str, str, str, str, str]] = [
         "0: drift records unchanged",
     ),
     (
+        "test_stall",
+        "test_postgres_stall_mid_query",
+        "store fault",
+        "PostgreSQL `auth` stalls while the scan's query runs, its TCP connection up: a hung proxy (the answer "
+        "and the server's timeout error never arrive) or a frozen backend (`SIGSTOP`: it never times out)",
+        "the client-side deadline (statement timeout + `DATABASE_CLIENT_TIMEOUT_GRACE`) closes the socket; exit 2 "
+        "naming `PostgreSQL database 'auth'` and `no answer within N s`, run and check `error`",
+        "0: drift records unchanged",
+    ),
+    (
         "test_store_faults",
         "test_default_database_down",
         "store fault",
@@ -416,10 +426,11 @@ def main() -> int:
         "probe meets an RST from the proxy's host; in a real partition it goes unanswered and the",
         "connection is dropped after `DATABASE_KEEPALIVES_COUNT` probes: the same setting ends both.",
         "",
-        "Not covered: a PostgreSQL peer whose TCP stays up but never answers mid-query (a hung proxy or",
-        "a frozen server process; the `blackhole` fault after the connection is made). Its kernel",
-        "acknowledges the keepalive probes, so only `statement_timeout` on a live server ends the wait;",
-        "the client has no deadline of its own for a query.",
+        "A PostgreSQL peer whose TCP stays up but never answers mid-query (a hung proxy, a frozen server",
+        "process: the stall rows) acknowledges the keepalive probes, and its `statement_timeout` error never",
+        "arrives. The client's own deadline ends the wait: `consistency.stores.deadline` shuts down the",
+        "socket of any call still waiting `DATABASE_STATEMENT_TIMEOUT` + `DATABASE_CLIENT_TIMEOUT_GRACE`",
+        "seconds after it began (none when the statement timeout is 0).",
         "",
     ]
     OUT.write_text("\n".join(body))

@@ -1,0 +1,150 @@
+"""PostgreSQL stalls mid-query while its TCP connection stays up: the client-side deadline
+(consistency.stores.deadline) ends the run with exit 2 naming the store.
+
+Neither the server's statement timeout nor TCP keepalives help here: behind a hung proxy
+the server's answer (or its timeout error) never arrives, a frozen backend never even
+times out, and the kernel acknowledges every keepalive probe.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from django.db import connections
+from pytest_django.fixtures import Settings as SettingsWrapper
+
+from consistency.stores.deadline import statement_timeout_of
+from project.env import statement_timeout_options
+from tests.faultproxy import FaultProxy
+from tests.reliability.conftest import HANG_GUARD, command, finishes, reliability_db
+from tests.reliability.test_store_faults import assert_failed_run, drift_records, plant_drift
+from tests.sync.conftest import wait_until
+
+pytestmark = reliability_db
+
+# Long enough that the audit's scan is seen waiting for the locked table (and the stall set
+# up) before the server would cancel it; the deadline is this plus GRACE.
+STATEMENT_TIMEOUT = 5
+GRACE = 1
+
+
+@pytest.fixture
+def auth_deadline(transactional_db: None, settings: SettingsWrapper) -> Iterator[None]:
+    """``auth`` connections get a STATEMENT_TIMEOUT s statement timeout, and the client-side
+    deadline a GRACE s grace (as DATABASE_STATEMENT_TIMEOUT and DATABASE_CLIENT_TIMEOUT_GRACE
+    would set them)."""
+    settings.DATABASE_CLIENT_TIMEOUT_GRACE = GRACE
+    saved = dict(connections.settings["auth"].get("OPTIONS") or {})
+    connections["auth"].close()
+    connections.settings["auth"]["OPTIONS"] = {**saved, **statement_timeout_options(STATEMENT_TIMEOUT)}
+    yield
+    connections["auth"].close()
+    connections.settings["auth"]["OPTIONS"] = saved
+
+
+def _direct(proxy: FaultProxy | None) -> dict[str, Any]:
+    """Connection parameters for `auth` that go around the proxy."""
+    conf = connections.settings["auth"]
+    host, port = proxy.upstream if proxy else (conf["HOST"] or "127.0.0.1", int(conf["PORT"] or 5432))
+    direct = {"host": host, "port": port, "dbname": conf["NAME"], "user": conf["USER"]}
+    if conf.get("PASSWORD"):
+        direct["password"] = conf["PASSWORD"]
+    return direct
+
+
+@pytest.mark.parametrize("stall", ["hung_proxy", "frozen_backend"])
+def test_postgres_stall_mid_query__client_deadline_ends_the_run(
+    seeded: int, auth_proxy: FaultProxy, auth_deadline: None, stall: str
+) -> None:
+    options = connections.settings["auth"]["OPTIONS"]["options"]
+    assert statement_timeout_of(options) == STATEMENT_TIMEOUT
+    plant_drift()
+    assert finishes(lambda: command("users"))[0] == 1
+    before = drift_records()
+    assert len(before) == 1
+
+    outcome: list[Any] = []
+
+    def audit() -> None:
+        try:
+            outcome.append(finishes(lambda: command("users")))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    direct = _direct(auth_proxy)
+    stopped: list[int] = []
+    with psycopg.connect(**direct) as locker, psycopg.connect(**direct, autocommit=True) as observer:
+        locker.execute("LOCK TABLE auth_users IN ACCESS EXCLUSIVE MODE")
+        runner = threading.Thread(target=audit, daemon=True)
+        runner.start()
+        try:
+            waiting = wait_until(
+                lambda: observer.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND pid <> pg_backend_pid() AND wait_event_type = 'Lock'"
+                ).fetchall(),
+                timeout=STATEMENT_TIMEOUT - 1,
+                what="the audit's scan to wait for the locked table",
+            )
+            pid = waiting[0][0]
+            if stall == "hung_proxy":
+                auth_proxy.set("blackhole")  # the answer, or the timeout error, stays in the proxy
+            else:
+                os.kill(pid, signal.SIGSTOP)  # the backend can neither answer nor time out
+                stopped.append(pid)
+            locker.rollback()
+            runner.join(HANG_GUARD)
+        finally:
+            for stopped_pid in stopped:
+                os.kill(stopped_pid, signal.SIGCONT)  # never leave a stopped backend behind
+            auth_proxy.heal()
+    assert not runner.is_alive(), "the audit still waits for an answer from a stalled store"
+    if isinstance(outcome[0], BaseException):
+        raise outcome[0]
+    code, out, message = outcome[0]
+    assert_failed_run(code, message, "users", ("PostgreSQL database 'auth'",))
+    assert f"no answer within {STATEMENT_TIMEOUT + GRACE} s" in message
+    assert "canceling statement" not in message  # not the server's own timeout
+    assert "no drift" not in out.lower()
+    assert drift_records() == before
+
+
+def _wrapped(alias: str) -> bool:
+    """Whether ``alias``'s current psycopg connection has the deadline on its waits."""
+    connections[alias].ensure_connection()
+    return "wait" in vars(connections[alias].connection)  # psycopg's own method, or the deadline's
+
+
+def test_no_statement_timeout__no_deadline(transactional_db: None) -> None:
+    """DATABASE_STATEMENT_TIMEOUT=0: the server never cancels, and the client never gives up."""
+    saved = dict(connections.settings["auth"].get("OPTIONS") or {})
+    connections["auth"].close()
+    connections.settings["auth"]["OPTIONS"] = {k: v for k, v in saved.items() if k != "options"}
+    try:
+        assert not _wrapped("auth")
+        connections["auth"].close()
+        connections.settings["auth"]["OPTIONS"] = {**saved, **statement_timeout_options(STATEMENT_TIMEOUT)}
+        assert _wrapped("auth")
+    finally:
+        connections["auth"].close()
+        connections.settings["auth"]["OPTIONS"] = saved
+
+
+def test_server_answers__its_timeout_error_wins_and_slow_queries_within_it_finish(
+    auth_deadline: None,
+) -> None:
+    """The deadline only ends calls the server never answers: a statement shorter than the
+    statement timeout finishes, a longer one gets the server's own error, not the deadline's."""
+    from django.db import OperationalError
+
+    with connections["auth"].cursor() as cursor:
+        cursor.execute("SELECT pg_sleep(%s)", [STATEMENT_TIMEOUT - 2])
+        with pytest.raises(OperationalError, match="canceling statement due to statement timeout"):
+            cursor.execute("SELECT pg_sleep(%s)", [STATEMENT_TIMEOUT + GRACE + 2])
+    connections["auth"].close()
