@@ -119,6 +119,9 @@ def run_audit(
     return run, results
 
 
+_SEEN_FIELDS = ("fields", "source", "target", "detail", "severity", "store", "last_seen", "last_run")
+
+
 def _record(run: AuditRun, decl: Declaration, result: CheckResult, *, incremental: bool) -> None:
     """Store the check's figures and fold its findings into the drift records."""
     with transaction.atomic():
@@ -146,6 +149,8 @@ def _record(run: AuditRun, decl: Declaration, result: CheckResult, *, incrementa
             for d in Drift.objects.filter(check_name=decl.name, key__in=keys[start : start + 1000])
         }
         seen: set[tuple[str, str]] = set()
+        created: dict[tuple[str, str], Drift] = {}
+        changed: list[Drift] = []
         for finding in result.findings:
             seen.add((finding.kind, finding.key))
             drift = existing.get((finding.kind, finding.key))
@@ -160,14 +165,15 @@ def _record(run: AuditRun, decl: Declaration, result: CheckResult, *, incrementa
                 "last_run": run,
             }
             if drift is None:
-                drift, created = Drift.objects.get_or_create(
+                created[(finding.kind, finding.key)] = Drift(
                     check_name=decl.name,
                     kind=finding.kind,
                     key=finding.key,
-                    defaults={**values, "first_seen": now, "first_run": run},
+                    **values,
+                    first_seen=now,
+                    first_run=run,
                 )
-                if created:
-                    continue
+                continue
             for name, value in values.items():
                 setattr(drift, name, value)
             drift.times_seen += 1
@@ -176,7 +182,24 @@ def _record(run: AuditRun, decl: Declaration, result: CheckResult, *, incrementa
                 drift.resolved_at = None
             elif drift.status == Drift.Status.MUTED and drift.muted_until and drift.muted_until <= now:
                 drift.status = Drift.Status.OPEN
-            drift.save()
+            changed.append(drift)
+        # One INSERT and one UPDATE a batch instead of a query per finding. A record another
+        # audit of the same check inserted meanwhile conflicts and is folded in like a seen one.
+        Drift.objects.bulk_create(created.values(), batch_size=1000, ignore_conflicts=True)
+        if created:
+            raced = Drift.objects.filter(check_name=decl.name, key__in=[key for _, key in created]).exclude(
+                last_run=run
+            )
+            for drift in raced:
+                if (drift.kind, drift.key) in created:
+                    new = created[(drift.kind, drift.key)]
+                    for name in _SEEN_FIELDS:
+                        setattr(drift, name, getattr(new, name))
+                    drift.times_seen += 1
+                    changed.append(drift)
+        Drift.objects.bulk_update(
+            changed, [*_SEEN_FIELDS, "times_seen", "status", "resolved_at"], batch_size=1000
+        )
         if not incremental:
             # A full audit that no longer sees a drift has shown it resolved.
             gone = Drift.objects.filter(check_name=decl.name).exclude(
