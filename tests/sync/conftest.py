@@ -7,6 +7,7 @@ sees what they commit.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -112,35 +113,37 @@ def db_url(alias: str) -> str:
 
 
 def start_worker_process(
-    broker_url: str, *, visibility_timeout: int = 900, log: Path
+    broker_url: str,
+    *,
+    visibility_timeout: int = 900,
+    log: Path,
+    prefork: bool = False,
+    name: str = "sync-test",
+    env: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
-    """``celery -A project worker --pool solo`` in its own process, on the test databases and
-    ``broker_url``, once it answers a ping (through the test process's app, on the same broker)."""
-    name = f"sync-test-{uuid.uuid4().hex[:8]}@localhost"
-    env = {
+    """``celery -A project worker`` in its own process, on the test databases and ``broker_url``,
+    once it answers a ping (through the test process's app, on the same broker).
+
+    ``--pool solo`` by default; ``prefork=True`` runs ``--pool prefork --concurrency 1`` in a
+    session of its own, so the crash tests can kill the worker and its pool child at once
+    (``os.killpg``). ``env`` overrides the worker's environment."""
+    name = f"{name}-{uuid.uuid4().hex[:8]}@localhost"
+    full = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "tests.sync.worker_settings",
         "DATABASE_URL": db_url("default"),
         "AUTH_DATABASE_URL": db_url("auth"),
         "CELERY_BROKER_URL": broker_url,
         "TEST_VISIBILITY_TIMEOUT": str(visibility_timeout),
+        **(env or {}),
     }
-    command = [
-        sys.executable,
-        "-m",
-        "celery",
-        "--quiet",
-        "-A",
-        "project",
-        "worker",
-        "--pool",
-        "solo",
-        "-n",
-        name,
-    ]
+    pool = ["--pool", "prefork", "--concurrency", "1"] if prefork else ["--pool", "solo"]
+    command = [sys.executable, "-m", "celery", "--quiet", "-A", "project", "worker", *pool, "-n", name]
     command += ["--without-gossip", "--without-mingle", "--without-heartbeat", "--loglevel", "INFO"]
     with log.open("ab") as out:
-        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            command, cwd=ROOT, env=full, stdout=out, stderr=subprocess.STDOUT, start_new_session=prefork
+        )
     try:
         wait_until(
             lambda: proc.poll() is not None or celery_app.control.ping(destination=[name], timeout=0.5),
@@ -148,7 +151,12 @@ def start_worker_process(
             what=f"worker {name} to answer a ping",
         )
     except AssertionError:
-        stop_worker_process(proc)
+        if prefork:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+        else:
+            stop_worker_process(proc)
         raise
     assert proc.poll() is None, f"the worker exited ({proc.returncode}); see {log}"
     return proc

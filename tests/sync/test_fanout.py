@@ -11,9 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +27,6 @@ from consistency.models import AuditRun, AuditSegment, CheckRun, Drift
 from consistency.sync.audits import ScheduledAuditResult, scheduled_audit, workers_online
 from project.celery import app
 from tests.sync.conftest import (
-    ROOT,
     db_url,
     purge_broker,
     start_worker_process,
@@ -136,31 +133,9 @@ def workers(tmp_path: Path) -> Iterator[list[subprocess.Popen[bytes]]]:
 
 def start_worker_with(log: Path, visibility_timeout: int = 900, **env: str) -> subprocess.Popen[bytes]:
     """A worker process like ``start_worker_process``, with ``env`` overriding its environment."""
-    name = f"fanout-test-{uuid.uuid4().hex[:8]}@localhost"
-    full = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "tests.sync.worker_settings",
-        "DATABASE_URL": db_url("default"),
-        "AUTH_DATABASE_URL": db_url("auth"),
-        "CELERY_BROKER_URL": str(app.conf.broker_url),
-        "TEST_VISIBILITY_TIMEOUT": str(visibility_timeout),
-        **env,
-    }
-    command = [sys.executable, "-m", "celery", "--quiet", "-A", "project", "worker", "--pool", "solo"]
-    command += ["-n", name, "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "INFO"]
-    with log.open("ab") as out:
-        proc = subprocess.Popen(command, cwd=ROOT, env=full, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        wait_until(
-            lambda: proc.poll() is not None or app.control.ping(destination=[name], timeout=0.5),
-            timeout=60,
-            what=f"worker {name}",
-        )
-    except AssertionError:
-        stop_worker_process(proc)
-        raise
-    assert proc.poll() is None, f"the worker exited; see {log}"
-    return proc
+    return start_worker_process(
+        str(app.conf.broker_url), visibility_timeout=visibility_timeout, log=log, name="fanout-test", env=env
+    )
 
 
 class Coordinator(threading.Thread):

@@ -25,8 +25,6 @@ import datetime as dt
 import os
 import signal
 import subprocess
-import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -46,13 +44,15 @@ from consistency.tasks import relay_outbox, repair_drifts
 from project.celery import app
 from tests.reliability.conftest import OLD, command, make_users
 from tests.sync.conftest import (
-    ROOT,
     db_url,
     purge_broker,
     stop_worker_process,
     sync_db,
     using_broker,
     wait_until,
+)
+from tests.sync.conftest import (
+    start_worker_process as start_sync_worker,
 )
 
 pytestmark = sync_db
@@ -71,35 +71,11 @@ def broker_url(request: pytest.FixtureRequest) -> Iterator[str]:
 
 
 def start_worker_process(broker_url: str, *, visibility_timeout: int, log: Path) -> subprocess.Popen[bytes]:
-    """``celery -A project worker --concurrency 1`` (prefork) in a session of its own, on the test
-    databases and ``broker_url``, once it answers a ping; ``kill_worker`` kills it and its child."""
-    name = f"crash-test-{uuid.uuid4().hex[:8]}@localhost"
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "tests.sync.worker_settings",
-        "DATABASE_URL": db_url("default"),
-        "AUTH_DATABASE_URL": db_url("auth"),
-        "CELERY_BROKER_URL": broker_url,
-        "TEST_VISIBILITY_TIMEOUT": str(visibility_timeout),
-    }
-    command = [sys.executable, "-m", "celery", "--quiet", "-A", "project", "worker", "-n", name]
-    command += ["--pool", "prefork", "--concurrency", "1", "--without-gossip", "--without-mingle"]
-    command += ["--without-heartbeat", "--loglevel", "INFO"]
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    try:
-        wait_until(
-            lambda: proc.poll() is not None or app.control.ping(destination=[name], timeout=0.5),
-            timeout=60,
-            what=f"worker {name} to answer a ping",
-        )
-    except AssertionError:
-        kill_worker(proc)
-        raise
-    assert proc.poll() is None, f"the worker exited ({proc.returncode}); see {log}"
-    return proc
+    """A prefork worker (``--concurrency 1``) in a session of its own, on the test databases and
+    ``broker_url``, once it answers a ping; ``kill_worker`` kills it and its child."""
+    return start_sync_worker(
+        broker_url, visibility_timeout=visibility_timeout, log=log, prefork=True, name="crash-test"
+    )
 
 
 def kill_worker(proc: subprocess.Popen[bytes]) -> None:
