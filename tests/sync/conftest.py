@@ -144,12 +144,17 @@ def start_worker_process(
         proc = subprocess.Popen(
             command, cwd=ROOT, env=full, stdout=out, stderr=subprocess.STDOUT, start_new_session=prefork
         )
+
+    def started() -> bool:
+        # The worker's own "ready" line (logged once its consumer started), else an answer to a
+        # ping: in one CI run a prefork worker on RabbitMQ logged "ready" and then answered no
+        # ping for 60 s.
+        if proc.poll() is not None or f"{name} ready." in log.read_text(errors="replace"):
+            return True
+        return bool(celery_app.control.ping(destination=[name], timeout=0.5))
+
     try:
-        wait_until(
-            lambda: proc.poll() is not None or celery_app.control.ping(destination=[name], timeout=0.5),
-            timeout=60,
-            what=f"worker {name} to answer a ping",
-        )
+        wait_until(started, timeout=60, what=f"worker {name} to be ready")
     except AssertionError:
         if prefork:
             with contextlib.suppress(ProcessLookupError):
