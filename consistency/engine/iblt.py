@@ -86,25 +86,21 @@ class IBLT:
 
     def add(self, fps: np.ndarray) -> None:
         """Insert rows: ``fps`` is an int64 or uint64 array."""
-        if not len(fps):
-            return
-        fps = fps.astype(np.uint64, copy=False)
-        checks = mix(fps)
-        for idx in self._indexes(checks):
-            np.add.at(self.fp, idx, fps)
-            np.add.at(self.check, idx, checks)
-        self.items += len(fps)
+        self._update(fps, np.add, 1)
 
     def remove(self, fps: np.ndarray) -> None:
         """Take rows out again (the inverse of ``add``): a cached side's changed ranges' old rows."""
+        self._update(fps, np.subtract, -1)
+
+    def _update(self, fps: np.ndarray, op: np.ufunc, sign: int) -> None:
         if not len(fps):
             return
         fps = fps.astype(np.uint64, copy=False)
         checks = mix(fps)
         for idx in self._indexes(checks):
-            np.subtract.at(self.fp, idx, fps)
-            np.subtract.at(self.check, idx, checks)
-        self.items -= len(fps)
+            op.at(self.fp, idx, fps)
+            op.at(self.check, idx, checks)
+        self.items += sign * len(fps)
 
     def merge(self, other: IBLT) -> None:
         """Add ``other``'s items to this table (tables are sums: parts of one side add up)."""

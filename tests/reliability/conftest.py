@@ -247,3 +247,13 @@ def pool_of(alias: str) -> ConnectionPool:
     pool = connections[alias].pool  # type: ignore[attr-defined]
     assert isinstance(pool, ConnectionPool), f"{alias} is not pooled"
     return pool
+
+
+def auth_direct(proxy: FaultProxy | None) -> dict[str, Any]:
+    """Connection parameters for `auth` that go around the proxy."""
+    conf = connections.settings["auth"]
+    host, port = proxy.upstream if proxy else (conf["HOST"] or "127.0.0.1", int(conf["PORT"] or 5432))
+    direct = {"host": host, "port": port, "dbname": conf["NAME"], "user": conf["USER"]}
+    if conf.get("PASSWORD"):
+        direct["password"] = conf["PASSWORD"]
+    return direct

@@ -22,7 +22,7 @@ from pytest_django.fixtures import Settings as SettingsWrapper
 from consistency.stores.deadline import statement_timeout_of
 from project.env import statement_timeout_options
 from tests.faultproxy import FaultProxy
-from tests.reliability.conftest import HANG_GUARD, command, finishes, reliability_db
+from tests.reliability.conftest import HANG_GUARD, auth_direct, command, finishes, reliability_db
 from tests.reliability.test_store_faults import assert_failed_run, drift_records, plant_drift
 from tests.sync.conftest import wait_until
 
@@ -48,16 +48,6 @@ def auth_deadline(transactional_db: None, settings: SettingsWrapper) -> Iterator
     connections.settings["auth"]["OPTIONS"] = saved
 
 
-def _direct(proxy: FaultProxy | None) -> dict[str, Any]:
-    """Connection parameters for `auth` that go around the proxy."""
-    conf = connections.settings["auth"]
-    host, port = proxy.upstream if proxy else (conf["HOST"] or "127.0.0.1", int(conf["PORT"] or 5432))
-    direct = {"host": host, "port": port, "dbname": conf["NAME"], "user": conf["USER"]}
-    if conf.get("PASSWORD"):
-        direct["password"] = conf["PASSWORD"]
-    return direct
-
-
 @pytest.mark.parametrize("stall", ["hung_proxy", "frozen_backend"])
 def test_postgres_stall_mid_query__client_deadline_ends_the_run(
     seeded: int, auth_proxy: FaultProxy, auth_deadline: None, stall: str
@@ -77,7 +67,7 @@ def test_postgres_stall_mid_query__client_deadline_ends_the_run(
         except BaseException as exc:
             outcome.append(exc)
 
-    direct = _direct(auth_proxy)
+    direct = auth_direct(auth_proxy)
     stopped: list[int] = []
     with psycopg.connect(**direct) as locker, psycopg.connect(**direct, autocommit=True) as observer:
         locker.execute("LOCK TABLE auth_users IN ACCESS EXCLUSIVE MODE")

@@ -17,7 +17,7 @@ from consistency.models import AuditRun, CheckRun, Drift
 from consistency.stores.analytics import close_analytics
 from project import env
 from tests.faultproxy import FaultProxy, vanish_supported
-from tests.reliability.conftest import HANG_GUARD, command, finishes, reliability_db
+from tests.reliability.conftest import HANG_GUARD, auth_direct, command, finishes, reliability_db
 from tests.sync.conftest import wait_until
 
 pytestmark = reliability_db
@@ -133,11 +133,7 @@ def test_postgres_partition_mid_query__keepalives_end_the_run(
     assert finishes(lambda: command("users"))[0] == 1
     before = drift_records()
 
-    conf = connections.settings["auth"]
-    host, port = auth_proxy.upstream  # around the proxy
-    direct = {"host": host, "port": port, "dbname": conf["NAME"], "user": conf["USER"]}
-    if conf.get("PASSWORD"):
-        direct["password"] = conf["PASSWORD"]
+    direct = auth_direct(auth_proxy)  # around the proxy
     outcome: list[Any] = []
 
     def audit() -> None:
