@@ -8,12 +8,15 @@ and fails the run: a failure is never reported as 'no drift'.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from django.db import transaction
+from django.db.models import F, QuerySet
 from django.utils import timezone
 
 from consistency.conf import app_settings
@@ -119,7 +122,7 @@ def run_audit(
     return run, results
 
 
-_SEEN_FIELDS = ("fields", "source", "target", "detail", "severity", "store", "last_seen", "last_run")
+_CONTENT_FIELDS = ("fields", "source", "target", "detail")
 
 
 def _record(run: AuditRun, decl: Declaration, result: CheckResult, *, incremental: bool) -> None:
@@ -142,68 +145,100 @@ def _record(run: AuditRun, decl: Declaration, result: CheckResult, *, incrementa
         if result.status == "error":
             return  # a failed check says nothing about its drift: leave the records untouched
         now = timezone.now()
-        keys = [f.key for f in result.findings]
-        existing = {
-            (d.kind, d.key): d
-            for start in range(0, len(keys), 1000)
-            for d in Drift.objects.filter(check_name=decl.name, key__in=keys[start : start + 1000])
-        }
-        seen: set[tuple[str, str]] = set()
-        created: dict[tuple[str, str], Drift] = {}
-        changed: list[Drift] = []
-        for finding in result.findings:
-            seen.add((finding.kind, finding.key))
-            drift = existing.get((finding.kind, finding.key))
-            values = {
-                "fields": list(finding.fields),
-                "source": finding.source,
-                "target": finding.target,
-                "detail": finding.detail,
-                "severity": str(decl.severity),
-                "store": decl.store,
-                "last_seen": now,
-                "last_run": run,
+        found = {
+            (f.key, f.kind): {
+                "fields": list(f.fields),
+                "source": f.source,
+                "target": f.target,
+                "detail": f.detail,
             }
-            if drift is None:
-                created[(finding.kind, finding.key)] = Drift(
-                    check_name=decl.name,
-                    kind=finding.kind,
-                    key=finding.key,
-                    **values,
-                    first_seen=now,
-                    first_run=run,
-                )
-                continue
-            for name, value in values.items():
-                setattr(drift, name, value)
-            drift.times_seen += 1
-            if drift.status in (Drift.Status.RESOLVED, Drift.Status.REPAIRED):
-                drift.status = Drift.Status.OPEN
-                drift.resolved_at = None
-            elif drift.status == Drift.Status.MUTED and drift.muted_until and drift.muted_until <= now:
-                drift.status = Drift.Status.OPEN
-            changed.append(drift)
-        # One INSERT and one UPDATE a batch instead of a query per finding. A record another
-        # audit of the same check inserted meanwhile conflicts and is folded in like a seen one.
-        Drift.objects.bulk_create(created.values(), batch_size=1000, ignore_conflicts=True)
-        if created:
-            raced = Drift.objects.filter(check_name=decl.name, key__in=[key for _, key in created]).exclude(
-                last_run=run
+            for f in result.findings
+        }
+        seen_again = _fold_existing(decl, found)
+        created = [
+            Drift(
+                check_name=decl.name,
+                kind=kind,
+                key=key,
+                **content,
+                severity=str(decl.severity),
+                store=decl.store,
+                last_seen=now,
+                last_run=run,
+                first_seen=now,
+                first_run=run,
             )
-            for drift in raced:
-                if (drift.kind, drift.key) in created:
-                    new = created[(drift.kind, drift.key)]
-                    for name in _SEEN_FIELDS:
-                        setattr(drift, name, getattr(new, name))
-                    drift.times_seen += 1
-                    changed.append(drift)
-        Drift.objects.bulk_update(
-            changed, [*_SEEN_FIELDS, "times_seen", "status", "resolved_at"], batch_size=1000
-        )
+            for (key, kind), content in found.items()
+            if (key, kind) not in seen_again
+        ]
+        # A record another audit of the same check inserted meanwhile conflicts; it is folded
+        # in below like one seen again.
+        Drift.objects.bulk_create(created, batch_size=1000, ignore_conflicts=True)
+        if created:
+            raced = Drift.objects.filter(check_name=decl.name, key__in=[d.key for d in created])
+            seen_again |= _fold_existing(decl, found, raced.exclude(last_run=run))
+        _mark_seen_again(decl, sorted(seen_again.values()), run, now)
         if not incremental:
             # A full audit that no longer sees a drift has shown it resolved.
             gone = Drift.objects.filter(check_name=decl.name).exclude(
                 status__in=[Drift.Status.RESOLVED, Drift.Status.REPAIRED]
             )
-            stale = [d.pk for d in gone.only("pk", "kind", "key") if (d.kind, d.key) not in seen]
+            stale = [d.pk for d in gone.only("pk", "kind", "key") if (d.key, d.kind) not in found]
             Drift.objects.filter(pk__in=stale).update(status=Drift.Status.RESOLVED, resolved_at=now)
+
+
+def _fold_existing(
+    decl: Declaration,
+    found: Mapping[tuple[str, str], Mapping[str, Any]],
+    records: QuerySet[Drift] | None = None,
+) -> dict[tuple[str, str], int]:
+    """The records among ``records`` (default: this check's records of the found keys) that
+    ``found`` sees again, by (key, kind) to pk; a record whose content changed is rewritten.
+
+    Only a changed record costs a per-row update; one seen again as it was (the steady state of
+    a drift nobody repaired yet) is touched by the shared update in ``_mark_seen_again``.
+    """
+    if records is None:
+        keys = sorted({key for key, _ in found})
+        batches = (keys[i : i + 1000] for i in range(0, len(keys), 1000))
+        candidates = [
+            drift
+            for batch in batches
+            for drift in Drift.objects.filter(check_name=decl.name, key__in=batch).only(
+                "pk", "key", "kind", *_CONTENT_FIELDS
+            )
+        ]
+    else:
+        candidates = list(records.only("pk", "key", "kind", *_CONTENT_FIELDS))
+    matched: dict[tuple[str, str], int] = {}
+    rewritten: list[Drift] = []
+    for drift in candidates:
+        content = found.get((drift.key, drift.kind))
+        if content is None:
+            continue
+        matched[(drift.key, drift.kind)] = drift.pk
+        # Compared as stored: JSON has no tuples and only string object keys.
+        if any(getattr(drift, name) != json.loads(json.dumps(value)) for name, value in content.items()):
+            for name, value in content.items():
+                setattr(drift, name, value)
+            rewritten.append(drift)
+    Drift.objects.bulk_update(rewritten, _CONTENT_FIELDS, batch_size=500)
+    return matched
+
+
+def _mark_seen_again(decl: Declaration, pks: list[int], run: AuditRun, now: dt.datetime) -> None:
+    """One UPDATE a batch for what every record seen again shares; a resolved, repaired or
+    expired-mute record opens again."""
+    for start in range(0, len(pks), 1000):
+        batch = Drift.objects.filter(pk__in=pks[start : start + 1000])
+        batch.update(
+            severity=str(decl.severity),
+            store=decl.store,
+            last_seen=now,
+            last_run=run,
+            times_seen=F("times_seen") + 1,
+        )
+        batch.filter(status__in=[Drift.Status.RESOLVED, Drift.Status.REPAIRED]).update(
+            status=Drift.Status.OPEN, resolved_at=None
+        )
+        batch.filter(status=Drift.Status.MUTED, muted_until__lte=now).update(status=Drift.Status.OPEN)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import threading
 import time
@@ -14,6 +15,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connections
 from django.test import override_settings
+from django.utils import timezone
 
 from consistency.engine.declarations import Invariant, ReferenceParity, Repair, RowParity, Side
 from consistency.engine.registry import registry
@@ -168,7 +170,22 @@ def test_runner__same_drift_is_the_same_record_and_resolves_when_gone(declared: 
     run("t_rows")
     drift.refresh_from_db()
     assert (drift.status, drift.times_seen, drift.first_run_id) == ("open", 3, first_run)
+    assert drift.target["name"] == "drifted again"  # a record seen with other values shows the new ones
     assert Drift.objects.count() == 1
+
+
+def test_runner__a_lapsed_mute_opens_again_and_a_running_one_holds(declared: None) -> None:
+    fill("auth", range(1, 4))
+    run("t_rows")
+    now = timezone.now()
+    Drift.objects.filter(key="1").update(status="muted", muted_until=now - dt.timedelta(minutes=1))
+    Drift.objects.filter(key="2").update(status="muted", muted_until=now + dt.timedelta(hours=1))
+    Drift.objects.filter(key="3").update(status="repaired", resolved_at=now)
+    run("t_rows")
+    statuses = dict(Drift.objects.values_list("key", "status"))
+    assert statuses == {"1": "open", "2": "muted", "3": "open"}
+    assert Drift.objects.get(key="3").resolved_at is None
+    assert set(Drift.objects.values_list("times_seen", flat=True)) == {2}
 
 
 def test_runner__acknowledged_drift_stays_acknowledged(declared: None) -> None:
