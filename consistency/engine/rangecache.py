@@ -10,6 +10,13 @@ rewritten with the new ranges in place. Ranges whose digest did not move are tak
 they were (a 64-bit XOR and a count, the same trust the plain aggregate pass puts in
 one digest of the whole table).
 
+Each cache also keeps the table's write counters (``pg_stat_get_tuples_inserted``, ``_updated``,
+``_deleted``) as they were when it was written. When they have not moved since, the side is
+most likely unchanged, and one plain aggregate of the side (a parallel scan, the cost of the
+floor) confirms it against the cache's totals: the per-range digests, which cost more, are
+skipped. The counters only choose the path; the aggregate decides (they are flushed with a
+delay of up to seconds, and a reset or a no-op update only sends the audit the longer way).
+
 A cached TID can go stale while its range's digest stays put (a row moved inside its
 range without changing). Every candidate fetched by a cached TID is checked against its
 fingerprint; one that is not found there voids the cache (``StaleCache``) and the audit
@@ -88,6 +95,7 @@ class SideCache:
         self.units: list[Unit] = []
         self.files: list[str] = []
         self.cells = 0
+        self.counters: list[int] | None = None
         self.valid = False
 
     # -- opening ---------------------------------------------------------------------
@@ -120,10 +128,18 @@ class SideCache:
         self.units = [Unit(**u) for u in index["units"]]
         self.files = list(index["files"])
         self.cells = int(index["cells"])
+        self.counters = index.get("counters")
         self.valid = bool(self.units) and all(
             (self.path / f"{name}.fps").exists() and (self.path / f"{name}.loc").exists()
             for name in self.files
         )
+
+    def totals(self) -> tuple[int, int]:
+        """(rows, XOR of fingerprints) of the whole side when the cache was written."""
+        digest = 0
+        for unit in self.units:
+            digest ^= unit.digest
+        return sum(unit.rows for unit in self.units), digest
 
     def iblt(self) -> IBLT:
         import numpy as np
@@ -164,24 +180,31 @@ class SideCache:
             handle_out.seek(0, os.SEEK_END)
 
     # -- saving ------------------------------------------------------------------------
-    def save(self, units: list[Unit], files: list[str], table: IBLT) -> None:
-        """Make ``units`` in ``files`` and ``table`` the cache (atomically), and drop older files."""
+    def save(self, units: list[Unit], files: list[str], table: IBLT, counters: list[int] | None) -> None:
+        """Make ``units`` in ``files`` and ``table`` the cache (atomically), and drop older files.
+        ``counters`` are the table's write counters read before the scan (``write_counters``)."""
         import numpy as np
 
         tmp = self.path / "iblt.tmp.npz"
         np.savez(tmp, fp=table.fp, check=table.check, items=np.int64(table.items))
         os.replace(tmp, self.path / "iblt.npz")
+        self.units, self.files, self.cells, self.valid = units, files, table.m, True
+        self.note_counters(counters)
+        self._sweep(keep=set(files))
+
+    def note_counters(self, counters: list[int] | None) -> None:
+        """Rewrite the index (atomically) with ``counters``: the cache still describes the table."""
         index = {
             "version": VERSION,
             "identity": self.identity,
-            "cells": table.m,
-            "files": files,
-            "units": [asdict(u) for u in units],
+            "cells": self.cells,
+            "files": self.files,
+            "units": [asdict(u) for u in self.units],
+            "counters": counters,
         }
         (self.path / "index.tmp").write_text(json.dumps(index))
         os.replace(self.path / "index.tmp", self.path / "index.json")
-        self.units, self.files, self.cells, self.valid = units, files, table.m, True
-        self._sweep(keep=set(files))
+        self.counters = counters
 
     def discard(self) -> None:
         """Forget the cache (a stale TID, or a failed audit that left files half written)."""
@@ -205,6 +228,21 @@ class SideCache:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
             os.close(self._lock_fd)
             self._lock_fd = -1
+
+
+def write_counters(side: RowSide) -> list[int] | None:
+    """The table's cumulative (inserted, updated, deleted) row counts from PostgreSQL's
+    statistics, or None when statistics are off. Read before the scan's snapshot is taken, so
+    a write the scan does not see moves them past what the cache keeps."""
+    with side.connection.cursor() as cursor:
+        cursor.execute(
+            """SELECT current_setting('track_counts')::bool, pg_stat_get_tuples_inserted(c.oid),
+                      pg_stat_get_tuples_updated(c.oid), pg_stat_get_tuples_deleted(c.oid)
+               FROM pg_class c WHERE c.oid = %s::regclass""",
+            [side.table],
+        )
+        tracked, *counts = cursor.fetchone()
+    return [int(n) for n in counts] if tracked else None
 
 
 def _identity(side: RowSide, cells: int) -> dict[str, Any]:

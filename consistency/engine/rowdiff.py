@@ -379,6 +379,7 @@ def _stream_side(
     progress: Progress | None,
     cache: SideCache | None,
     parts: list[_Part],
+    counters: list[int] | None = None,
 ) -> _SideScan:
     """Stream the whole side (every range); with a cache, its records become the cache's files."""
     if side.dialect != "sql":
@@ -413,7 +414,7 @@ def _stream_side(
         for part in parts:
             part.spill.fps.flush()
             part.spill.locators.flush()
-        cache.save(units, [p.name for p in parts], table)
+        cache.save(units, [p.name for p in parts], table, counters)
     return _SideScan(table, [p.spill for p in parts], len(parts))
 
 
@@ -423,14 +424,27 @@ def _cached_side(
     progress: Progress | None,
     cache: SideCache,
     parts: list[_Part],
+    counters: list[int] | None,
 ) -> _SideScan | None:
-    """A side with a valid range cache: one digest per range; stream only the ranges that moved.
+    """A side with a valid range cache: when its write counters have not moved, one aggregate
+    that matches the cache's totals (strategy ``cached``); else one digest per range, and
+    stream only the ranges that moved.
 
     None when more than half of the ranges moved (a full scan costs less than the digests
     and the partial update together).
     """
     from consistency.engine.rangecache import Unit
 
+    if counters is not None and counters == cache.counters:
+        now_totals = side.aggregate()
+        if now_totals == cache.totals():
+            if progress is not None:
+                progress(now_totals[0])
+            old = [
+                Spill(side.locator_size, files, os.fstat(files[0].fileno()).st_size // 8)
+                for files in cache.open_files()
+            ]
+            return _SideScan(cache.iblt(), old, 1, cached=True, opened=old, strategy="cached")
     plan = side.plan(None, starts=[u.start for u in cache.units])
     workers = 1 + (_helpers(side, plan.workers - 1) if plan.snapshot else 0)
     parts += [_Part(side, cells) for _ in range(workers)]
@@ -442,14 +456,16 @@ def _cached_side(
     _run(side, plan, parts, list(range(len(plan.units))), digest)
     now = {n: d for part in parts for n, d in part.digests.items()}
     moved = [n for n, u in enumerate(cache.units) if now[n] != (u.rows, u.digest)]
+    if len(moved) * 2 > len(cache.units):
+        return None  # the full scan that follows reports the progress
     if progress is not None:
         progress(sum(rows for rows, _ in now.values()))
-    if len(moved) * 2 > len(cache.units):
-        return None
     old_files = cache.open_files()
     old = [Spill(side.locator_size, files, os.fstat(files[0].fileno()).st_size // 8) for files in old_files]
     table = cache.iblt()
     if not moved:
+        if counters != cache.counters:
+            cache.note_counters(counters)  # unchanged after all: the next audit can go the short way
         return _SideScan(table, old, len(parts), cached=True, opened=old, strategy="ranges")
 
     def stream(part: _Part, number: int, sql: str, params: list[Any]) -> None:
@@ -483,7 +499,7 @@ def _cached_side(
         spill.close()
     fps.flush()
     loc.flush()
-    cache.save(units, [name], table)
+    cache.save(units, [name], table, counters)
     return _SideScan(table, [out], len(parts), cached=True, opened=[out], strategy="ranges+stream")
 
 
@@ -500,7 +516,7 @@ def _side(
     """One side, in its own thread: scan into IBLTs and spill files, report, wait for the
     fingerprints to fetch, fetch them in the same snapshot; return the fetched rows by key."""
     from consistency.engine.iblt import IBLT
-    from consistency.engine.rangecache import SideCache, StaleCache
+    from consistency.engine.rangecache import SideCache, StaleCache, write_counters
 
     parts: list[_Part] = []
     cache: SideCache | None = None
@@ -509,18 +525,20 @@ def _side(
         order.take(index, side)
         with side.snapshot():
             cells = IBLT.cells_for_rows(order.estimates(index, side))
+            counters = None
             if cache_key and side.dialect == "sql" and since is None:
                 cache = SideCache.open(cache_key, index, side, cells)
+                counters = None if cache is None else write_counters(side)
             digested = False
             if cache is not None and cache.valid:
-                result = _cached_side(side, cells, progress, cache, parts)
+                result = _cached_side(side, cells, progress, cache, parts, counters)
                 if result is None:  # most ranges moved: scan it all again
                     digested = True
                     for part in parts:
                         part.spill.close()
                     parts.clear()
             if result is None:
-                result = _stream_side(side, cells, since, progress, cache, parts)
+                result = _stream_side(side, cells, since, progress, cache, parts, counters)
                 if digested:
                     result.strategy = "ranges+stream"  # the digests, then every range
             rows = sum(s.rows for s in result.spills)
@@ -638,8 +656,8 @@ def _scan(
             a, b = scanned[0].result(), scanned[1].result()
             stats.source_rows, stats.target_rows = a.rows, b.rows
             stats.extra["connections"] = a.connections + b.connections
-            passes = {a.strategy, b.strategy}
-            scan = "stream" if passes == {"stream"} else "ranges" if passes == {"ranges"} else "ranges+stream"
+            passes = {p for side in (a, b) for p in side.strategy.split("+")}
+            scan = "+".join(p for p in ("cached", "ranges", "stream") if p in passes)
             stats.strategy = scan if stats.strategy == "stream" else f"{stats.strategy}+{scan}"
             only_source, only_target = _decode(a, b, stats)
             wanted[0].set_result(only_source)

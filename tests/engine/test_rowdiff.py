@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import threading
 import uuid
 from collections import Counter
@@ -329,13 +330,27 @@ def range_cache(tmp_path: Any, parallel_scans: None) -> Iterator[Any]:
         yield tmp_path
 
 
-def test_range_cache__second_audit_reads_digests_and_finds_the_same_drift(
+def flush_stats() -> None:
+    """Make this thread's writes show in PostgreSQL's write counters now (they are flushed when
+    a backend goes idle, at most once a second; ``pg_stat_force_next_flush`` skips the wait)."""
+    for alias in ("auth", "default"):
+        with connections[alias].cursor() as cursor:
+            cursor.execute("SELECT pg_stat_force_next_flush()")
+
+
+def cached_counters(root: Any, side: int) -> Any:
+    (index,) = root.glob(f"*/{side}-*/index.json")
+    return json.loads(index.read_text())["counters"]
+
+
+def test_range_cache__second_audit_confirms_each_unchanged_side_by_one_aggregate(
     tables: None, range_cache: Any
 ) -> None:
     fill(StrRow, "auth", range(1, 2001))
     fill(StrRow, "default", [i for i in range(1, 2001) if i not in (3, 1500)])
     fill(StrRow, "default", [2001])
     StrRow.objects.using("default").filter(**key_of(StrRow, 2000)).update(name="changed")
+    flush_stats()
     expected = {
         "missing": {key_text(StrRow, 3), key_text(StrRow, 1500)},
         "extra": {key_text(StrRow, 2001)},
@@ -347,26 +362,111 @@ def test_range_cache__second_audit_reads_digests_and_finds_the_same_drift(
     second, second_stats = audit(decl, cache_key=decl.name)
 
     assert (kinds(first), first_stats.strategy) == (expected, "stream")
-    assert (kinds(second), second_stats.strategy) == (expected, "ranges")
+    assert (kinds(second), second_stats.strategy) == (expected, "cached")
     assert (second_stats.source_rows, second_stats.target_rows) == (2000, 1999)
+    assert second_stats.extra["connections"] == 2  # one aggregate a side, no range digests
     assert not list(range_cache.glob("*/*/*.tmp*"))
+
+
+def test_range_cache__moved_counters_read_the_range_digests_then_trust_the_cache_again(
+    tables: None, range_cache: Any
+) -> None:
+    """A write that leaves every range as it was (a row rewritten as it was, on its page): the
+    counters moved, so the audit reads the per-range digests; none moved, so it streams nothing
+    and notes the new counters, and the next audit takes the short way again."""
+    with connections["auth"].cursor() as cursor:
+        cursor.execute("ALTER TABLE t_int_rows SET (fillfactor = 50)")  # room for a HOT update
+    fill(IntRow, "auth", range(1, 2001))
+    fill(IntRow, "default", range(1, 2001))
+    IntRow.objects.using("default").filter(id=1200).update(name="drifted")
+    flush_stats()
+    decl = declare(IntRow)
+    assert audit(decl, cache_key=decl.name)[1].strategy == "stream"
+    before = cached_counters(range_cache, 0)
+    with connections["auth"].cursor() as cursor:
+        cursor.execute("UPDATE t_int_rows SET name = name WHERE id = 10")
+    flush_stats()
+
+    findings, stats = audit(decl, cache_key=decl.name)
+    again, again_stats = audit(decl, cache_key=decl.name)
+
+    assert (kinds(findings), stats.strategy) == ({"mismatch": {"1200"}}, "cached+ranges")
+    assert cached_counters(range_cache, 0) != before
+    assert (kinds(again), again_stats.strategy) == ({"mismatch": {"1200"}}, "cached")
+
+
+def test_range_cache__counters_choose_the_path_but_the_aggregate_decides(
+    tables: None, range_cache: Any
+) -> None:
+    """A change the counters do not show yet (their flush lags): the aggregate disagrees with
+    the cache, so the side reads its range digests and the change is found."""
+    fill(IntRow, "auth", range(1, 2001))
+    fill(IntRow, "default", range(1, 2001))
+    flush_stats()
+    decl = declare(IntRow)
+    assert audit(decl, cache_key=decl.name)[0] == []
+    IntRow.objects.using("default").filter(id=1700).update(name="drifted")
+    flush_stats()
+    # The target's cache claims the counters as they are now, as if the update were not counted.
+    (index,) = range_cache.glob("*/1-*/index.json")
+    cached = json.loads(index.read_text())
+    with connections["default"].cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_stat_get_tuples_inserted(c.oid), pg_stat_get_tuples_updated(c.oid),"
+            " pg_stat_get_tuples_deleted(c.oid) FROM pg_class c WHERE c.oid = 't_int_rows'::regclass"
+        )
+        cached["counters"] = [int(n) for n in cursor.fetchone()]
+    index.write_text(json.dumps(cached))
+
+    findings, stats = audit(decl, cache_key=decl.name)
+
+    assert (kinds(findings), stats.strategy) == ({"mismatch": {"1700"}}, "cached+ranges+stream")
 
 
 def test_range_cache__a_change_between_audits_is_streamed_and_found(tables: None, range_cache: Any) -> None:
     fill(IntRow, "auth", range(1, 2001))
     fill(IntRow, "default", range(1, 2001))
+    flush_stats()
     decl = declare(IntRow)
     assert audit(decl, cache_key=decl.name)[0] == []
     IntRow.objects.using("default").filter(id=1700).update(name="drifted")
     IntRow.objects.using("auth").filter(id=5).delete()
+    flush_stats()
 
     findings, stats = audit(decl, cache_key=decl.name)
 
     assert kinds(findings) == {"mismatch": {"1700"}, "extra": {"5"}}
     assert stats.strategy == "ranges+stream"
-    # The rewritten cache describes the tables now: a third audit finds the same from digests alone.
+    # The rewritten cache describes the tables now: a third audit finds the same from the
+    # aggregates and the cached records alone.
     again, again_stats = audit(decl, cache_key=decl.name)
-    assert (kinds(again), again_stats.strategy) == ({"mismatch": {"1700"}, "extra": {"5"}}, "ranges")
+    assert (kinds(again), again_stats.strategy) == ({"mismatch": {"1700"}, "extra": {"5"}}, "cached")
+
+
+def test_range_cache__progress_counts_each_row_once_when_the_digests_fall_back(
+    tables: None, range_cache: Any
+) -> None:
+    """More than half the ranges moved: the side is streamed in full after its digests, and the
+    progress still adds up to the rows of both sides, once."""
+    fill(IntRow, "auth", range(1, 2001))
+    fill(IntRow, "default", range(1, 2001))
+    flush_stats()
+    decl = declare(IntRow)
+    assert audit(decl, cache_key=decl.name)[0] == []
+    IntRow.objects.using("default").filter(id__in=range(1, 2001, 50)).update(name="drifted")
+    flush_stats()
+    counted: list[int] = []
+    lock = threading.Lock()
+
+    def progress(n: int) -> None:
+        with lock:
+            counted.append(n)
+
+    findings, stats = audit(decl, cache_key=decl.name, progress=progress)
+
+    assert len(findings) == 40
+    assert stats.strategy == "cached+ranges+stream"
+    assert sum(counted) == 4000
 
 
 def test_range_cache__a_row_moved_inside_its_range_voids_the_cache(tables: None, range_cache: Any) -> None:
@@ -378,6 +478,7 @@ def test_range_cache__a_row_moved_inside_its_range_voids_the_cache(tables: None,
     fill(IntRow, "auth", range(1, 2001))
     fill(IntRow, "default", range(1, 2001))
     IntRow.objects.using("default").filter(id=900).update(name="drifted")
+    flush_stats()
     decl = declare(IntRow)
     assert kinds(audit(decl, cache_key=decl.name)[0]) == {"mismatch": {"900"}}
     with connections["default"].cursor() as cursor:
@@ -386,6 +487,7 @@ def test_range_cache__a_row_moved_inside_its_range_voids_the_cache(tables: None,
         cursor.execute("UPDATE t_int_rows SET name = name WHERE id = 900")  # a new row version
         cursor.execute("SELECT ctid::text FROM t_int_rows WHERE id = 900")
         after = cursor.fetchone()[0]
+    flush_stats()
     assert after != before  # a new TID...
     assert after.split(",")[0] == before.split(",")[0]  # ...on the same page
 
@@ -393,7 +495,7 @@ def test_range_cache__a_row_moved_inside_its_range_voids_the_cache(tables: None,
 
     assert kinds(findings) == {"mismatch": {"900"}}
     assert stats.extra.get("stale_cache") == 1
-    assert stats.strategy == "ranges+stream"  # the target scanned again; the source kept its cache
+    assert stats.strategy == "cached+stream"  # the target scanned again; the source kept its cache
 
 
 def test_range_cache__off_when_the_setting_is_none(tables: None, parallel_scans: None) -> None:
