@@ -17,6 +17,9 @@ time; the new mode applies to bytes not yet forwarded, on open connections too:
   dropped after ``keepalives_count`` probes). Until it sends, it waits: a client
   blocked reading a reply waits forever unless keepalives are on. New connections
   are treated as in ``blackhole``.
+- ``stall_after``: forward until the store has sent ``stall_after`` (a byte string, such as
+  PostgreSQL's ready-for-query message ending a connection's start-up), then switch to
+  ``blackhole``: a store that stalls at a chosen point of its protocol.
 
 ``blackhole`` stalls the bytes, not the TCP connection: the proxy's kernel still
 acknowledges everything, keepalive probes included, so only a timeout the client or the
@@ -36,7 +39,7 @@ import time
 from collections.abc import Iterator
 from typing import Literal
 
-Mode = Literal["pass", "reset", "blackhole", "close_after", "vanish"]
+Mode = Literal["pass", "reset", "blackhole", "close_after", "vanish", "stall_after"]
 
 _LINGER_RST = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST
 _TCP_REPAIR = 19  # linux/tcp.h: a socket in repair mode closes without sending anything
@@ -62,6 +65,7 @@ class FaultProxy:
         self.mode: Mode = "pass"
         self.latency = 0.0
         self.close_after_bytes = 0
+        self.stall_after = b""
         self.connections = 0  # accepted so far
         self.server_bytes = 0  # forwarded from the store so far
         self._lock = threading.Lock()
@@ -75,11 +79,15 @@ class FaultProxy:
         self._thread.start()
 
     # -- control -----------------------------------------------------------
-    def set(self, mode: Mode, *, latency: float = 0.0, close_after_bytes: int = 0) -> None:
+    def set(
+        self, mode: Mode, *, latency: float = 0.0, close_after_bytes: int = 0, stall_after: bytes = b""
+    ) -> None:
+        assert (mode == "stall_after") == bool(stall_after), "stall_after needs its byte string"
         with self._lock:
             self.mode = mode
             self.latency = latency
             self.close_after_bytes = close_after_bytes
+            self.stall_after = stall_after
             self._server_bytes_left = close_after_bytes if mode == "close_after" else None
         if mode == "reset":
             self.reset_all()
@@ -155,7 +163,20 @@ class FaultProxy:
             pass
         _abort(sock)
 
+    def _stall_point(self, tail: bytes, data: bytes) -> int:
+        """Where in ``data`` the ``stall_after`` bytes end (-1: not in ``tail + data``); the proxy
+        switches to ``blackhole`` when they are found."""
+        with self._lock:
+            if self.mode != "stall_after":
+                return -1
+            found = (tail + data).find(self.stall_after)
+            if found < 0:
+                return -1
+            self.mode = "blackhole"
+            return found + len(self.stall_after) - len(tail)
+
     def _pump(self, src: socket.socket, dst: socket.socket, from_server: bool) -> None:
+        tail = b""  # the end of the store's last chunk: ``stall_after`` may span two chunks
         try:
             while True:
                 # Wait in select, not recv, so that ``vanish`` can take the socket from this
@@ -167,6 +188,16 @@ class FaultProxy:
                 data = src.recv(65536)
                 if not data:
                     break
+                if from_server and self.mode == "stall_after":
+                    end = self._stall_point(tail, data)
+                    tail = (tail + data)[-64:]
+                    if end >= 0:  # forward up to the stall point; hold the rest
+                        dst.sendall(data[:end])
+                        with self._lock:
+                            self.server_bytes += end
+                        data = data[end:]
+                        if not data:
+                            continue
                 while self.mode == "blackhole":
                     if self._stopped.wait(0.05):
                         return

@@ -12,14 +12,16 @@ import os
 import signal
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
 import pytest
 from django.db import connections
+from psycopg import sql
 from pytest_django.fixtures import Settings as SettingsWrapper
 
-from consistency.stores.deadline import statement_timeout_of
+from consistency.stores.deadline import shown_seconds, statement_timeout_of
 from project.env import statement_timeout_options
 from tests.faultproxy import FaultProxy
 from tests.reliability.conftest import HANG_GUARD, auth_direct, command, finishes, reliability_db
@@ -34,26 +36,58 @@ STATEMENT_TIMEOUT = 5
 GRACE = 1
 
 
-@pytest.fixture
-def auth_deadline(transactional_db: None, settings: SettingsWrapper) -> Iterator[None]:
-    """``auth`` connections get a STATEMENT_TIMEOUT s statement timeout, and the client-side
-    deadline a GRACE s grace (as DATABASE_STATEMENT_TIMEOUT and DATABASE_CLIENT_TIMEOUT_GRACE
-    would set them)."""
+@contextmanager
+def server_statement_timeout(seconds: float) -> Iterator[None]:
+    """The ``auth`` database gives new sessions a ``seconds`` s statement timeout (ALTER
+    DATABASE ... SET, from the ``default`` alias: the aliases share the server)."""
+    name = sql.Identifier(connections.settings["auth"]["NAME"])
+    with connections["default"].cursor() as cursor:
+        cursor.execute(
+            sql.SQL("ALTER DATABASE {} SET statement_timeout = {}").format(name, round(seconds * 1000))
+        )
+    try:
+        yield
+    finally:
+        with connections["default"].cursor() as cursor:
+            cursor.execute(sql.SQL("ALTER DATABASE {} RESET statement_timeout").format(name))
+
+
+def without_statement_timeout(options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` without the libpq ``options`` that DATABASE_STATEMENT_TIMEOUT sets."""
+    return {k: v for k, v in options.items() if k != "options"}
+
+
+@pytest.fixture(params=["options", "server"])
+def auth_deadline(
+    request: pytest.FixtureRequest, transactional_db: None, settings: SettingsWrapper
+) -> Iterator[str]:
+    """``auth`` sessions get a STATEMENT_TIMEOUT s statement timeout, from the connection's
+    options (as DATABASE_STATEMENT_TIMEOUT sets it) or from the server only (a database
+    setting, DATABASE_STATEMENT_TIMEOUT=0); the client-side deadline a GRACE s grace (as
+    DATABASE_CLIENT_TIMEOUT_GRACE would set it). Yields how the deadline error names the timeout."""
     settings.DATABASE_CLIENT_TIMEOUT_GRACE = GRACE
     saved = dict(connections.settings["auth"].get("OPTIONS") or {})
     connections["auth"].close()
-    connections.settings["auth"]["OPTIONS"] = {**saved, **statement_timeout_options(STATEMENT_TIMEOUT)}
-    yield
-    connections["auth"].close()
-    connections.settings["auth"]["OPTIONS"] = saved
+    try:
+        if request.param == "options":
+            connections.settings["auth"]["OPTIONS"] = {
+                **saved,
+                **statement_timeout_options(STATEMENT_TIMEOUT),
+            }
+            yield f"(statement timeout {STATEMENT_TIMEOUT} s"
+        else:
+            connections.settings["auth"]["OPTIONS"] = without_statement_timeout(saved)
+            with server_statement_timeout(STATEMENT_TIMEOUT):
+                yield f"(the server's statement timeout {STATEMENT_TIMEOUT} s"
+    finally:
+        connections["auth"].close()
+        connections.settings["auth"]["OPTIONS"] = saved
 
 
 @pytest.mark.parametrize("stall", ["hung_proxy", "frozen_backend"])
 def test_postgres_stall_mid_query__client_deadline_ends_the_run(
-    seeded: int, auth_proxy: FaultProxy, auth_deadline: None, stall: str
+    seeded: int, auth_proxy: FaultProxy, auth_deadline: str, stall: str
 ) -> None:
-    options = connections.settings["auth"]["OPTIONS"]["options"]
-    assert statement_timeout_of(options) == STATEMENT_TIMEOUT
     plant_drift()
     assert finishes(lambda: command("users"))[0] == 1
     before = drift_records()
@@ -99,7 +133,7 @@ def test_postgres_stall_mid_query__client_deadline_ends_the_run(
         raise outcome[0]
     code, out, message = outcome[0]
     assert_failed_run(code, message, "users", ("PostgreSQL database 'auth'",))
-    assert f"no answer within {STATEMENT_TIMEOUT + GRACE} s" in message
+    assert f"no answer within {STATEMENT_TIMEOUT + GRACE} s {auth_deadline}" in message
     assert "canceling statement" not in message  # not the server's own timeout
     assert "no drift" not in out.lower()
     assert drift_records() == before
@@ -112,13 +146,17 @@ def _wrapped(alias: str) -> bool:
 
 
 def test_no_statement_timeout__no_deadline(transactional_db: None) -> None:
-    """DATABASE_STATEMENT_TIMEOUT=0: the server never cancels, and the client never gives up."""
+    """DATABASE_STATEMENT_TIMEOUT=0 and none on the server: the server never cancels, and the
+    client never gives up; a statement timeout set in either place brings the deadline."""
     saved = dict(connections.settings["auth"].get("OPTIONS") or {})
     connections["auth"].close()
-    connections.settings["auth"]["OPTIONS"] = {k: v for k, v in saved.items() if k != "options"}
+    connections.settings["auth"]["OPTIONS"] = without_statement_timeout(saved)
     try:
         assert not _wrapped("auth")
         connections["auth"].close()
+        with server_statement_timeout(STATEMENT_TIMEOUT):
+            assert _wrapped("auth")
+            connections["auth"].close()
         connections.settings["auth"]["OPTIONS"] = {**saved, **statement_timeout_options(STATEMENT_TIMEOUT)}
         assert _wrapped("auth")
     finally:
@@ -126,8 +164,16 @@ def test_no_statement_timeout__no_deadline(transactional_db: None) -> None:
         connections.settings["auth"]["OPTIONS"] = saved
 
 
+def test_statement_timeout_of__options_and_show() -> None:
+    assert statement_timeout_of("-c statement_timeout=5000") == 5
+    assert statement_timeout_of("-c statement_timeout=2s -c statement_timeout=1500ms") == 1.5
+    assert statement_timeout_of("-c work_mem=64MB") == 0
+    shown = {value: shown_seconds(value) for value in ("0", "1500ms", "5s", "90min", "1h", "2d")}
+    assert shown == {"0": 0, "1500ms": 1.5, "5s": 5, "90min": 5400, "1h": 3600, "2d": 172800}
+
+
 def test_server_answers__its_timeout_error_wins_and_slow_queries_within_it_finish(
-    auth_deadline: None,
+    auth_deadline: str,
 ) -> None:
     """The deadline only ends calls the server never answers: a statement shorter than the
     statement timeout finishes, a longer one gets the server's own error, not the deadline's."""
