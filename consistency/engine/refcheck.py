@@ -20,6 +20,7 @@ from django.db import connections, models
 from consistency.engine.declarations import Invariant, ReferenceParity
 from consistency.engine.findings import Finding
 from consistency.engine.redact import redact
+from consistency.engine.tablesql import Table
 
 Progress = Callable[[int], None]
 _BATCH = 10_000
@@ -30,10 +31,10 @@ def _h(value: Any) -> int:
     return int.from_bytes(digest, "little", signed=True)
 
 
-def _parent_hashes(model: type[models.Model], alias: str, key: str, progress: Progress | None) -> np.ndarray:
+def _parent_hashes(parent: Table, key: models.Field, progress: Progress | None) -> np.ndarray:
     chunks: list[np.ndarray] = []
     buffer: list[int] = []
-    for value in model._default_manager.using(alias).values_list(key, flat=True).iterator(chunk_size=_BATCH):
+    for (value,) in parent.select([key], chunked=True):
         buffer.append(_h(value))
         if len(buffer) >= _BATCH:
             chunks.append(np.array(buffer, dtype=np.int64))
@@ -49,44 +50,54 @@ def _parent_hashes(model: type[models.Model], alias: str, key: str, progress: Pr
     return hashes
 
 
-def _existing(model: type[models.Model], alias: str, key: str, values: list[Any]) -> set[str]:
+def _existing(parent: Table, key: models.Field, values: list[Any]) -> set[str]:
     found: set[str] = set()
-    manager = model._default_manager.using(alias)
     for start in range(0, len(values), 1000):
-        batch = values[start : start + 1000]
-        found.update(str(v) for v in manager.filter(**{f"{key}__in": batch}).values_list(key, flat=True))
+        where, params = parent.where_in(key, values[start : start + 1000])
+        found.update(str(v) for (v,) in parent.select([key], where, params))
     return found
+
+
+def _absent(refs: set[Any], parent: Table, key: models.Field) -> set[Any]:
+    """The references in ``refs`` that no parent row holds (compared as text, like the hashes)."""
+    found = _existing(parent, key, list(refs))
+    return {ref for ref in refs if str(ref) not in found}
 
 
 def find_orphans(
     decl: ReferenceParity, *, settle: float = 0.0, progress: Progress | None = None
 ) -> tuple[list[Finding], dict[str, int]]:
     """Child rows whose reference has no parent row; confirmed after ``settle`` seconds."""
-    child = decl.child.resolve_model(decl.name)
-    child_alias = decl.child.resolve_alias(decl.name, child)
-    parent = decl.parent.resolve_model(decl.name)
-    parent_alias = decl.parent.resolve_alias(decl.name, parent)
-    fk = child._meta.get_field(decl.field)
-    attname = fk.attname  # type: ignore[union-attr]
-    parent_key = parent._meta.pk.name if decl.parent_key == "pk" else decl.parent_key
-    children = child._default_manager.using(child_alias).exclude(**{f"{attname}__isnull": True})
+    child_model = decl.child.resolve_model(decl.name)
+    child_alias = decl.child.resolve_alias(decl.name, child_model)
+    parent_model = decl.parent.resolve_model(decl.name)
+    parent_alias = decl.parent.resolve_alias(decl.name, parent_model)
+    child, parent = Table(child_model, child_alias), Table(parent_model, parent_alias)
+    fk: models.Field = child_model._meta.get_field(decl.field)  # type: ignore[assignment]
+    key: models.Field = (
+        parent_model._meta.pk if decl.parent_key == "pk" else parent_model._meta.get_field(decl.parent_key)  # type: ignore[assignment]
+    )
+    not_null = f" WHERE {child.col(fk)} IS NOT NULL"
 
     if child_alias == parent_alias and connections[child_alias].vendor == connections[parent_alias].vendor:
-        parents = parent._default_manager.using(parent_alias).filter(**{parent_key: models.OuterRef(attname)})
-        missing_refs = set(
-            children.annotate(_has_parent=models.Exists(parents))
-            .filter(_has_parent=False)
-            .values_list(attname, flat=True)
-            .distinct()
+        # One anti-join in the database; the aliases keep a self-reference apart.
+        anti_join = (
+            f"SELECT DISTINCT {child.col(fk, 'c')} FROM {child.name} AS c"
+            f" WHERE {child.col(fk, 'c')} IS NOT NULL AND NOT EXISTS"
+            f" (SELECT 1 FROM {parent.name} AS p WHERE {parent.col(key, 'p')} = {child.col(fk, 'c')})"
         )
-        compared = children.count()
+        missing_refs = {ref for (ref,) in child.rows(anti_join, [fk])}
+        with child.connection.cursor() as cursor:
+            cursor.execute(f"SELECT count(*) FROM {child.name}{not_null}", [])
+            compared = int(cursor.fetchone()[0])
     else:
-        hashes = _parent_hashes(parent, parent_alias, parent_key, progress)
+        hashes = _parent_hashes(parent, key, progress)
         missing_refs = set()
         compared = 0
-        refs = children.values_list(attname, flat=True).distinct().order_by()
         batch: list[Any] = []
-        for value in refs.iterator(chunk_size=_BATCH):
+        for (value,) in child.rows(
+            f"SELECT DISTINCT {child.col(fk)} FROM {child.name}{not_null}", [fk], chunked=True
+        ):
             batch.append(value)
             if len(batch) >= _BATCH:
                 missing_refs |= _misses(hashes, batch)
@@ -95,25 +106,27 @@ def find_orphans(
         missing_refs |= _misses(hashes, batch)
         compared += len(batch)
         # A hash hit could be a collision: the misses are exact, the hits are near-certain.
-        missing_refs -= _existing(parent, parent_alias, parent_key, list(missing_refs))
+        missing_refs = _absent(missing_refs, parent, key)
     if settle > 0 and missing_refs:
         time.sleep(settle)
     # Confirm: the parent is still absent, and list the children that still point at it.
-    missing_refs -= _existing(parent, parent_alias, parent_key, list(missing_refs))
+    missing_refs = _absent(missing_refs, parent, key)
     findings: list[Finding] = []
-    if missing_refs:
-        rows = children.filter(**{f"{attname}__in": list(missing_refs)}).values("pk", attname)
-        for row in rows.iterator(chunk_size=_BATCH):
+    refs = list(missing_refs)
+    pk = child_model._meta.pk
+    for start in range(0, len(refs), 1000):
+        where, params = child.where_in(fk, refs[start : start + 1000])
+        for row_pk, ref in child.select([pk, fk], where, params):
             findings.append(
                 Finding(
                     check=decl.name,
                     kind="orphan",
-                    key=str(row["pk"]),
+                    key=str(row_pk),
                     fields=(decl.field,),
-                    source=redact({attname: row[attname]}),
+                    source=redact({fk.attname: ref}),
                     target=None,
-                    detail=f"{child._meta.db_table}.{fk.column} = {row[attname]!r} has no "  # type: ignore[union-attr]
-                    f"{parent._meta.db_table} row on {parent_alias}",
+                    detail=f"{child_model._meta.db_table}.{fk.column} = {ref!r} has no "
+                    f"{parent_model._meta.db_table} row on {parent_alias}",
                 )
             )
     return findings, {"compared": compared, "candidates": len(missing_refs)}

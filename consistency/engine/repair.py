@@ -28,6 +28,7 @@ from consistency.engine.declarations import (
 from consistency.engine.findings import Action, Finding
 from consistency.engine.redact import mask_urls, redact
 from consistency.engine.rowdiff import make_sides
+from consistency.engine.tablesql import Table, saves_plainly
 from consistency.models import Drift, RepairLog
 
 
@@ -72,48 +73,57 @@ def plan_references(decl: ReferenceParity, findings: Sequence[Finding]) -> list[
 
 def _source_values(bound: Any, key: str) -> dict[str, Any] | None:
     source, _ = make_sides(bound)
-    key_values = source.parse_key(key)
-    filters = {f.name: v for f, v in zip(bound.source_key, key_values, strict=True)}
-    names = [f.source.attname for f in bound.fields] + list(bound.decl.copy_on_repair)
-    row = (
-        bound.source_model._default_manager.using(bound.source_alias).filter(**filters).values(*names).first()
-    )
+    table = Table(bound.source_model, bound.source_alias)
+    where, params = table.where_equal(bound.source_key, source.parse_key(key))
+    copied = [bound.source_model._meta.get_field(name) for name in bound.decl.copy_on_repair]
+    columns = [f.source for f in bound.fields] + copied
+    row = next(table.select(columns, where, params), None)
     if row is None:
         return None
-    out = {f.target.attname: row[f.source.attname] for f in bound.fields}
-    out.update({name: row[name] for name in bound.decl.copy_on_repair})
-    return out
+    targets = [f.target.attname for f in bound.fields] + list(bound.decl.copy_on_repair)
+    return dict(zip(targets, row, strict=True))
 
 
 def apply_row(decl: RowParity, action: Action) -> str:
     bound = bind_row_parity(decl)
     model: type[models.Model] = bound.target_model
+    table = Table(model, bound.target_alias)
     _, target = make_sides(bound)
     key_values = target.parse_key(action.key)
-    filters = {f.name: v for f, v in zip(bound.target_key, key_values, strict=True)}
-    manager = model._default_manager.using(bound.target_alias)
+    where, params = table.where_equal(bound.target_key, key_values)
+    filters = {f.attname: v for f, v in zip(bound.target_key, key_values, strict=True)}
     if action.action == "delete":
-        deleted, _ = manager.filter(**filters).delete()
-        return f"deleted {deleted}"
+        origin = model._default_manager.using(bound.target_alias).filter(**filters)
+        return f"deleted {table.delete(where, params, origin)}"
     values = _source_values(bound, action.key)
     if values is None:
         return "source row is gone; nothing to copy"
-    if action.action == "insert" and not manager.filter(**filters).exists():
-        model(**filters, **values).save(using=bound.target_alias, force_insert=True)
+    if action.action == "insert" and not table.exists(where, params):
+        row = model(**filters, **values)
+        if saves_plainly(model):
+            table.insert(row)
+        else:  # an overridden save() or parent tables: the model's own code, and the ORM's quoting
+            row.save(using=bound.target_alias, force_insert=True)
         return "inserted"
-    updated = manager.filter(**filters).update(**values)
-    return f"updated {updated}"
+    fields = {model._meta.get_field(name): value for name, value in values.items()}
+    return f"updated {table.update(fields, where, params)}"  # type: ignore[arg-type]
+
+
+def _child_row(decl: ReferenceParity, action: Action) -> tuple[Table, models.Field, str, list[Any]]:
+    """The child's table, the reference's field, and the WHERE clause selecting the action's row."""
+    child = decl.child.resolve_model(decl.name)
+    table = Table(child, action.alias)
+    where, params = table.where_equal([child._meta.pk], [child._meta.pk.to_python(action.key)])
+    return table, child._meta.get_field(decl.field), where, params  # type: ignore[return-value]
 
 
 def apply_reference(decl: ReferenceParity, action: Action) -> str:
-    child = decl.child.resolve_model(decl.name)
-    manager = child._default_manager.using(action.alias)
-    rows = manager.filter(pk=child._meta.pk.to_python(action.key))
+    table, fk, where, params = _child_row(decl, action)
     if action.action == "delete":
-        deleted, _ = rows.delete()
-        return f"deleted {deleted}"
-    attname = child._meta.get_field(decl.field).attname  # type: ignore[union-attr]
-    return f"detached {rows.update(**{attname: None})}"
+        model = table.model
+        origin = model._default_manager.using(action.alias).filter(pk=model._meta.pk.to_python(action.key))
+        return f"deleted {table.delete(where, params, origin)}"
+    return f"detached {table.update({fk: None}, where, params)}"
 
 
 def verify_row(decl: RowParity, action: Action) -> bool:
@@ -124,12 +134,10 @@ def verify_row(decl: RowParity, action: Action) -> bool:
 
 
 def verify_reference(decl: ReferenceParity, action: Action) -> bool:
-    child = decl.child.resolve_model(decl.name)
-    rows = child._default_manager.using(action.alias).filter(pk=child._meta.pk.to_python(action.key))
+    table, fk, where, params = _child_row(decl, action)
     if action.action == "delete":
-        return not rows.exists()
-    attname = child._meta.get_field(decl.field).attname  # type: ignore[union-attr]
-    return not rows.exclude(**{f"{attname}__isnull": True}).exists()
+        return not table.exists(where, params)
+    return not table.exists(f"{where} AND {table.col(fk)} IS NOT NULL", params)
 
 
 def execute(
