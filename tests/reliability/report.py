@@ -57,8 +57,28 @@ ROWS: list[tuple[str, str, str, str, str, str]] = [
         "store fault",
         "PostgreSQL `auth` stalls while the scan's query runs, its TCP connection up: a hung proxy (the answer "
         "and the server's timeout error never arrive) or a frozen backend (`SIGSTOP`: it never times out)",
-        "the client-side deadline (statement timeout + `DATABASE_CLIENT_TIMEOUT_GRACE`) closes the socket; exit 2 "
-        "naming `PostgreSQL database 'auth'` and `no answer within N s`, run and check `error`",
+        "the client-side deadline (the statement timeout from the options or, when they set none, the "
+        "server's, + `DATABASE_CLIENT_TIMEOUT_GRACE`) closes the socket; exit 2 naming `PostgreSQL database "
+        "'auth'` and `no answer within N s`, run and check `error`",
+        "0: drift records unchanged",
+    ),
+    (
+        "test_stall_setup",
+        "test_postgres_stalls_after_start_up",
+        "store fault",
+        "PostgreSQL `auth` completes the start-up handshake, then never answers Django's set-up statement "
+        "(`SET ROLE`)",
+        "the set-up deadline (connect timeout) closes the socket; exit 2 naming `PostgreSQL database 'auth'` "
+        "and `no answer within N s while setting up the connection`",
+        "0: drift records unchanged",
+    ),
+    (
+        "test_stall_setup",
+        "test_postgres_stalls_on_accept",
+        "store fault",
+        "PostgreSQL `auth` accepts the TCP connection and never answers the start-up message",
+        "psycopg's connect timeout (`DATABASE_CONNECT_TIMEOUT`): exit 2 naming `PostgreSQL database 'auth'`, "
+        "`connection timeout expired`",
         "0: drift records unchanged",
     ),
     (
