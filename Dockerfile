@@ -15,6 +15,9 @@ COPY requirements.txt .
 RUN pip install -r requirements.txt
 
 COPY . .
+# Byte-compile the project once: with PYTHONDONTWRITEBYTECODE set, every manage.py run would
+# otherwise compile its modules again (about 0.3 s of each checkconsistency start-up).
+RUN python -m compileall -q consistency project manage.py
 RUN useradd --create-home --uid 10001 app \
     && mkdir -p /app/var /data \
     && chown app:app /app/var /data
