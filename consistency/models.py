@@ -63,6 +63,10 @@ class CheckRun(models.Model):
     duration = models.FloatField(default=0.0)
     watermark = models.DateTimeField(null=True, blank=True)
     error = models.TextField(blank=True, default="")
+    # How the check ran (row parity: aggregate, cached, ranges, stream, fanout...), and every
+    # other figure it reported (connections, candidates, phase seconds, stale_cache...).
+    strategy = models.CharField(max_length=64, blank=True, default="")
+    figures = models.JSONField(default=dict, blank=True)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["run", "check_name"], name="checkrun_unique")]

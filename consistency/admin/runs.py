@@ -28,6 +28,7 @@ class CheckRunInline(admin.TabularInline):
         "check_name",
         "kind",
         "status",
+        "strategy",
         "compared",
         "segments",
         "rows_fetched",

@@ -141,6 +141,8 @@ def _record(run: AuditRun, decl: Declaration, result: CheckResult, *, incrementa
             duration=result.duration,
             watermark=run.started_at if result.status != "error" else None,
             error=result.error or "",
+            strategy=str(result.figures.get("strategy", ""))[:64],
+            figures=json.loads(json.dumps(result.figures, default=str)),
         )
         if result.status == "error":
             return  # a failed check says nothing about its drift: leave the records untouched

@@ -188,6 +188,19 @@ def test_runner__a_lapsed_mute_opens_again_and_a_running_one_holds(declared: Non
     assert set(Drift.objects.values_list("times_seen", flat=True)) == {2}
 
 
+def test_runner__check_run_keeps_the_strategy_and_figures(declared: None) -> None:
+    fill("auth", range(1, 31))
+    fill("default", range(1, 31))
+    IntRow.objects.using("default").filter(id=12).update(name="drifted")
+    code, out = run("t_rows", "--format", "json")
+    reported = json.loads(out)["checks"][0]["figures"]
+    check_run = CheckRun.objects.get(check_name="t_rows")
+    assert code == 1
+    assert check_run.strategy == reported["strategy"] != ""
+    assert check_run.figures == reported
+    assert check_run.figures["candidates"] == 1
+
+
 def test_runner__acknowledged_drift_stays_acknowledged(declared: None) -> None:
     fill("auth", range(1, 3))
     run("t_rows")
