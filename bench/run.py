@@ -3,9 +3,11 @@
     .venv/bin/python bench/run.py sql --rows 1000000 10000000 [--keep] [--skip-reladiff] [--skip-naive]
 
 Per size: identical tables, then an incremental audit after ~1% of rows changed, then 300 drifted
-rows (100 missing, 100 changed, 100 extra in ``users``). In each state checkconsistency runs twice:
-first right after the state changed (its first pass was chosen from a run that saw the other state),
-then again (steady: the previous run saw this state). Prints wall seconds, each run's strategy,
+rows (100 missing, 100 changed, 100 extra in ``users``). In each state checkconsistency runs three
+times: first right after the state changed (its first pass was chosen from a run that saw the other
+state), then twice more (steady: the previous run saw this state; the better of the two is the
+figure of record, as the floor's is the better of its two scans). The project is byte-compiled
+first, as the image does. Prints wall seconds, each run's strategy,
 ratios against the floor and reladiff with issue 3's targets, and writes bench/results/sql-<date>.json.
 """
 
@@ -78,6 +80,17 @@ def checkconsistency(*extra: str) -> dict[str, Any]:
     return out
 
 
+def steady() -> dict[str, Any]:
+    """The steady state's figure of record: the better of two runs, as the floor is."""
+    runs = [checkconsistency() for _ in range(2)]
+    failed = [r for r in runs if "error" in r or not r.get("seconds")]
+    best = failed[0] if failed else min(runs, key=lambda r: r["seconds"])  # a failure is never hidden
+    out = {**best, "runs": [r.get("seconds") for r in runs]}
+    if not failed and runs[0].get("drift") != runs[1].get("drift"):
+        out["error"] = f"the two runs found different drift: {runs[0].get('drift')} / {runs[1].get('drift')}"
+    return out
+
+
 def reladiff(timeout: int) -> dict[str, Any]:
     (ua, ta), (ub, tb) = SIDES
     cmd = [str(ROOT / ".venv" / "bin" / "reladiff"), ua.replace("postgres://", "postgresql://"), ta]
@@ -127,7 +140,7 @@ def measure(args: argparse.Namespace, expected: dict[str, int]) -> dict[str, Any
     # The first run after the state changed chose its first pass from a run that saw the other
     # state; the second (steady state, the figure of record) from a run that saw this one.
     state["checkconsistency_first"] = checkconsistency()
-    state["checkconsistency"] = checkconsistency()
+    state["checkconsistency"] = steady()
     if not args.skip_reladiff:
         state["reladiff"] = reladiff(args.reladiff_timeout)
     if not args.skip_naive:
