@@ -122,7 +122,7 @@ def _layout(side: RowSide, *, exact: bool = False) -> tuple[int, int]:
     with side.connection.cursor() as cursor:
         cursor.execute(
             f"SELECT {blocks}, greatest(c.reltuples, 0)::bigint FROM pg_class c WHERE c.oid = %s::regclass",
-            [side.table],  # quoted: regclass parses identifier syntax
+            [side.regclass],  # quoted: regclass parses identifier syntax
         )
         found, tuples = cursor.fetchone()
     return int(found), int(tuples)
@@ -155,7 +155,8 @@ def plan(
 
 
 def _ranges(segment: AuditSegment, side: RowSide) -> Iterator[str]:
-    """SQL conditions for the segment's units (integers only, so the literals are safe)."""
+    """SQL conditions for the segment's units (integers only, so the literals are safe), for
+    statements run with a parameter list: ``side.table`` has its ``%`` doubled."""
     open_ended = segment.block_to is None
     end = (
         max(_layout(side, exact=True)[0], segment.block_from + 1)
@@ -190,7 +191,6 @@ def _scan(segment: AuditSegment, side: RowSide) -> tuple[IBLT, int]:
     base.parent.mkdir(parents=True, exist_ok=True)
     suffix = f".{os.getpid()}.{uuid.uuid4().hex[:8]}"
     fp_tmp, tid_tmp = Path(f"{base}.fp{suffix}"), Path(f"{base}.tid{suffix}")
-    fp_sql = side.fp_sql()
     try:
         with (
             side.snapshot(),
@@ -208,11 +208,7 @@ def _scan(segment: AuditSegment, side: RowSide) -> tuple[IBLT, int]:
             # keeps its database session busy instead of taking turns with it.
             pending: Future[None] | None = None
             for where in _ranges(segment, side):
-                sql = (
-                    "SELECT string_agg(int8send(f), ''::bytea), string_agg(tidsend(t), ''::bytea) FROM"
-                    f" (SELECT {fp_sql} AS f, {side.table}.ctid AS t FROM {side.table} WHERE {where}) AS s"
-                )
-                for fps, tids in side.stream_unit(sql):
+                for fps, tids in side.stream_unit(side.packed_sql(f" WHERE {where}"), []):
                     if pending is not None:
                         pending.result()
                     pending = pool.submit(consume, fps, tids)

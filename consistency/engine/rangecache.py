@@ -239,7 +239,7 @@ def write_counters(side: RowSide) -> list[int] | None:
             """SELECT current_setting('track_counts')::bool, pg_stat_get_tuples_inserted(c.oid),
                       pg_stat_get_tuples_updated(c.oid), pg_stat_get_tuples_deleted(c.oid)
                FROM pg_class c WHERE c.oid = %s::regclass""",
-            [side.table],
+            [side.regclass],  # the name as a value: quoted, its % not doubled
         )
         tracked, *counts = cursor.fetchone()
     return [int(n) for n in counts] if tracked else None
@@ -254,14 +254,14 @@ def _identity(side: RowSide, cells: int) -> dict[str, Any]:
             """SELECT d.oid::bigint, c.oid::bigint, c.relfilenode::bigint, current_database()
                FROM pg_database d, pg_class c
                WHERE d.datname = current_database() AND c.oid = %s::regclass""",
-            [side.table],
+            [side.regclass],
         )
         db_oid, table_oid, filenode, name = cursor.fetchone()
     sql = hashlib.sha256(side.fp_sql().encode()).hexdigest()
     return {
         "version": VERSION,
         "database": [int(db_oid), str(name)],
-        "table": [int(table_oid), int(filenode), side.table],
+        "table": [int(table_oid), int(filenode), side.regclass],
         "fp_sql": sql,
         "cells": IBLT.size_for(cells),
         "locator_size": side.locator_size,

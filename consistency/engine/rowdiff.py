@@ -293,7 +293,7 @@ class _Part:
 
     def digest(self, side: RowSide, sql: str, unit: int) -> None:
         with side.connection.cursor() as cursor:
-            cursor.execute(sql)
+            cursor.execute(sql, [])  # with a parameter list, as every RowSide statement (its % doubled)
             rows, digest = cursor.fetchone()
         self.digests[unit] = (int(rows), int(digest))
 

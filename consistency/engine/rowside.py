@@ -9,6 +9,11 @@ Two dialects, one per pair of sides (so both sides always hash alike):
   hashed in Python with the same normalisers' Python rendering; a candidate is
   found again by its payload (the integer key, or a hash of the key).
 
+Every statement written here on the audited table runs with a parameter list (``[]`` when it
+has no values), never without one: names go in through ``ident``, which doubles a ``%`` as
+the ``format`` paramstyle wants, and a literal ``%`` operator is written ``%%``. The table's
+name as a value (``%s::regclass``) is ``RowSide.regclass``, quoted but not doubled.
+
 NumPy is imported where a scan needs it, not at import time: the command's
 start-up (``checkconsistency --list``, repairs) does not pay for it.
 """
@@ -73,6 +78,15 @@ def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def ident(name: str) -> str:
+    """``name`` quoted for a statement executed with parameters: ``"`` doubled, ``%`` doubled.
+
+    Django's cursors take the ``format`` paramstyle on PostgreSQL and SQLite alike, so the
+    driver reads ``%%`` back as ``%`` (and a lone ``%s`` in a name would be a placeholder).
+    """
+    return quote_ident(name).replace("%", "%%")
+
+
 def _h64(text: str, person: bytes) -> int:
     digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8, person=person).digest()
     return int.from_bytes(digest, "little", signed=True)
@@ -93,8 +107,9 @@ class RowSide:
         self.model, self.alias, self.key, self.fields = model, alias, tuple(key), tuple(fields)
         self.updated, self.dialect = updated, dialect
         self.int_key = len(self.key) == 1 and self.key[0].get_internal_type() in _INT_KEYS
-        self._qn = quote_ident
-        self.table = self._qn(model._meta.db_table)
+        # SQL text, for statements run with parameters; and the name as a ``%s::regclass`` value.
+        self.table = ident(model._meta.db_table)
+        self.regclass = quote_ident(model._meta.db_table)
 
     @property
     def label(self) -> str:
@@ -105,9 +120,9 @@ class RowSide:
         """This thread's connection: scans run in their own threads, each with its own."""
         return connections[self.alias]
 
-    # -- SQL building (PostgreSQL dialect). Every identifier is quoted. --------------
+    # -- SQL building (PostgreSQL dialect). Every identifier through ``ident``. ----------
     def _col(self, field: models.Field) -> str:
-        return f"{self.table}.{self._qn(str(field.column))}"
+        return f"{self.table}.{ident(str(field.column))}"
 
     def key_sql(self) -> str:
         parts = [f"CAST({self._col(f)} AS TEXT)" for f in self.key]
@@ -155,7 +170,7 @@ class RowSide:
         if self.connection.pg_version >= 140000:  # type: ignore[attr-defined]
             digest = f"COALESCE(bit_xor({self.fp_sql()}), 0)"
         else:
-            digest = f"COALESCE(sum({self.fp_sql()}::numeric) % 18446744073709551616, 0)"
+            digest = f"COALESCE(sum({self.fp_sql()}::numeric) %% 18446744073709551616, 0)"
         with self.connection.cursor() as cursor:
             cursor.execute(f"SELECT count(*), {digest} FROM {self.table}{where}", params)
             rows, value = cursor.fetchone()
@@ -166,13 +181,13 @@ class RowSide:
             with self.connection.cursor() as cursor:
                 cursor.execute(
                     "SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass",
-                    [self.table],  # quoted: regclass parses identifier syntax
+                    [self.regclass],  # quoted: regclass parses identifier syntax
                 )
                 found = cursor.fetchone()
             if found and found[0] > 0:
                 return int(found[0])
         with self.connection.cursor() as cursor:
-            cursor.execute(f"SELECT count(*) FROM {self.table}")
+            cursor.execute(f"SELECT count(*) FROM {self.table}", [])
             return int(cursor.fetchone()[0])
 
     @property
@@ -203,13 +218,19 @@ class RowSide:
 
     def range_sql(self, start: int, end: int | None, digest: bool = False) -> str:
         """One TID range's query: its packed (fingerprint, TID) blobs, or with ``digest`` its
-        (rows, XOR of fingerprints). Block numbers are integers, so the literals are safe."""
+        (rows, XOR of fingerprints), to run with ``[]``. Block numbers are integers, so the
+        literals are safe."""
         upper = "" if end is None else f" AND ctid < '({int(end)},0)'::tid"
         where = f" WHERE ctid >= '({int(start)},0)'::tid{upper}"
         if digest:
             return f"SELECT count(*), COALESCE(bit_xor({self.fp_sql()}), 0) FROM {self.table}{where}"
+        return self.packed_sql(where)
+
+    def packed_sql(self, where: str = "", tail: str = "") -> str:
+        """The (fingerprint, TID) blobs of the rows matching ``where`` (`` WHERE ...``), for
+        ``stream_unit``; ``tail`` follows the inner query (``OFFSET 0``, before a GROUP BY)."""
         rows = f"SELECT {self.fp_sql()} AS f, {self.table}.ctid AS t FROM {self.table}"
-        return f"SELECT {_PACKED} FROM ({rows}{where}) AS s"
+        return f"SELECT {_PACKED} FROM ({rows}{where}{tail}) AS s"
 
     def plan(self, since: dt.datetime | None = None, starts: Sequence[int] | None = None) -> ScanPlan:
         """How to scan this side (SQL dialect, inside ``snapshot()``).
@@ -221,7 +242,6 @@ class RowSide:
         changed since a time (or any PostgreSQL before 14) are one query the
         planner can run on the updated-at index, its output split into groups.
         """
-        table = self.table  # quoted: regclass parses identifier syntax (case, blanks, quotes)
         with self.connection.cursor() as cursor:
             cursor.execute(
                 """SELECT pg_relation_size(c.oid) / current_setting('block_size')::bigint,
@@ -230,14 +250,13 @@ class RowSide:
                           pg_size_bytes(current_setting('min_parallel_table_scan_size'))
                               / current_setting('block_size')::bigint
                    FROM pg_class c WHERE c.oid = %s::regclass""",
-                [table],
+                [self.regclass],  # quoted: regclass parses identifier syntax (case, blanks, quotes)
             )
             blocks, tuples, max_workers, min_blocks = cursor.fetchone()
-        rows = f"SELECT {self.fp_sql()} AS f, {self.table}.ctid AS t FROM {self.table}"
         if since is not None or self.connection.pg_version < 140000:  # type: ignore[attr-defined]
             where, params = self._since_sql(since)
             groups = 1 << max(0, (max(tuples, 1) // 500_000).bit_length())
-            sql = f"SELECT {_PACKED} FROM ({rows}{where} OFFSET 0) AS s GROUP BY f & {groups - 1}"
+            sql = f"{self.packed_sql(where, ' OFFSET 0')} GROUP BY f & {groups - 1}"
             return ScanPlan([(sql, params)], 1, None)
         if starts is None:
             # Never analysed (reltuples -1): size the ranges as if blocks held 50 rows each.
@@ -259,12 +278,14 @@ class RowSide:
 
         Per-row COPY costs the client a message a row; here PostgreSQL packs each
         unit into two ``string_agg`` blobs, fetched in binary and read by NumPy in place.
+        Always with a parameter list, empty or not (binary results take the extended
+        protocol either way), so ``%%`` in ``sql`` always reads as ``%``.
         """
         import numpy as np
 
         self.connection.ensure_connection()
         with psycopg.Cursor(self.connection.connection) as cursor:
-            cursor.execute(sql, params or None, binary=True)
+            cursor.execute(sql, list(params), binary=True)
             for fps, tids in cursor:
                 if fps:
                     yield np.frombuffer(fps, dtype=">i8").astype(np.int64), bytes(tids)
@@ -273,7 +294,7 @@ class RowSide:
         """Python dialect: (fingerprints, payloads) per chunk of rows, hashed here."""
         yield from self._stream_python(since, chunk_rows)
 
-    # -- raw SELECTs: every identifier through quote_ident, values through the ORM's converters --
+    # -- raw SELECTs: every identifier through ident, values through the ORM's converters --
     def _select(
         self,
         fields: Sequence[models.Field],
@@ -285,8 +306,9 @@ class RowSide:
         """Rows of ``fields`` (then the ``extra`` SQL expressions), converted as the ORM would.
 
         The ORM quotes names with ``ops.quote_name``, which leaves an embedded double
-        quote undoubled, so the engine writes these statements itself. ``chunked``
-        reads through a server-side cursor where the backend has one.
+        quote undoubled, so the engine writes these statements itself (run with a parameter
+        list, ``[]`` included). ``chunked`` reads through a server-side cursor where the
+        backend has one.
         """
         from django.db.models.sql.query import Query
 

@@ -18,14 +18,9 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models.deletion import DO_NOTHING, get_candidate_relations_to_delete
 from django.db.models.signals import post_delete, post_save, pre_delete, pre_save
 
-from consistency.engine.rowside import quote_ident
+from consistency.engine.rowside import ident
 
 FETCH = 10_000  # rows per fetch, as the ORM's iterator(chunk_size=...) read them
-
-
-def ident(name: str) -> str:
-    """``name`` quoted for a statement executed with parameters: ``"`` doubled, ``%`` doubled."""
-    return quote_ident(name).replace("%", "%%")
 
 
 class Table:

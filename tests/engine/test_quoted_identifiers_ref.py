@@ -32,7 +32,7 @@ pytestmark = [pytest.mark.django_db(transaction=True, databases=["default", "aut
 
 PARENTS = 'Q"Parents 100%s; DROP TABLE q_canary; --'
 CHILDREN = 'q"Children %(x)s 5%; DROP TABLE q_canary; --'
-ROWS = 'Q"Rows Off; DROP TABLE q_canary; --'  # no %: row parity's own audit does not take one yet
+ROWS = 'Q"Rows Off; DROP TABLE q_canary; --'
 PCT_ROWS = 'Q"Rows 50%s Off; DROP TABLE q_canary; --'
 P_ID, C_ID, C_REF = 'I"d %s', 'Child "Id" %', 'Pa"rent; %(x)s'
 R_KEY, R_NAME, R_NOTE, R_UPDATED = 'K"ey', 'Na"me', 'No"te; --', 'Up"Dated At'
@@ -319,6 +319,27 @@ def test_repair__source_wins_statements_take_percent_signs_in_names(quoted_table
     # Again: the row is there (an update that changes nothing), the extra row is gone.
     assert [repair.apply_row(decl, action) for action in plan] == ["updated 1", "updated 1", "deleted 0"]
     assert _read("default", PCT_ROWS) == source_rows
+    _canaries_survive()
+
+
+def test_repair__source_wins_from_the_audit_over_percent_names_then_the_audit_is_clean(
+    quoted_tables: None,
+) -> None:
+    """The command end to end on the ``%`` table: row parity's audit finds the drift, the repair
+    plan comes from it, executing it makes the target equal, and the audit then finds nothing."""
+    source_rows = _drifted_rows(PCT_ROWS)
+    _source_wins("t_q_percent", "testapp.QPercentRow")
+
+    _code, out = run("t_q_percent", "--repair", "--execute")
+    assert "repaired and re-verified 3 of 3" in out, out
+    assert _read("default", PCT_ROWS) == source_rows
+    assert sorted(RepairLog.objects.values_list("key", "action", "result")) == [
+        ("3", "insert", "inserted"),
+        ("5", "update", "updated 1"),
+        ("77", "delete", "deleted 1"),
+    ]
+    code, out = run("t_q_percent")
+    assert code == 0, out  # no drift left
     _canaries_survive()
 
 
