@@ -3,16 +3,19 @@
 Both sides are read once, in the same byte order of ids, and merged one key
 range at a time: the database streams embedding ids sorted with the ``C``/
 ``BINARY`` collation, every ``range_rows`` of them close a range, and Milvus is
-asked for that range's ids in one query (sorted here). Then: a message whose vector is missing (``missing``), a vector no message
-names (``orphan``), a vector whose ``message_id`` is another message
-(``mismatch``). A collection of the wrong dimension or a missing collection is
-an ``invariant`` finding, not a crash. Candidates are re-read after settling.
+asked for that range's ids in key order, at most ``page_rows`` a query (one query
+a range unless Milvus holds many more ids there than the database). Then: a
+message whose vector is missing (``missing``), a vector no message names
+(``orphan``), a vector whose ``message_id`` is another message (``mismatch``). A
+collection of the wrong dimension or a missing collection is an ``invariant``
+finding, not a crash. Candidates are re-read after settling.
 Repair: delete orphan vectors; a message with a missing vector is marked for
 re-embedding by setting its ``embedding_id`` to NULL (the model has no flag).
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -42,12 +45,14 @@ def _message_ids(alias: str, batch: int) -> Iterator[tuple[str, str]]:
 
 
 def _ranges(
-    ours: Iterator[tuple[str, str]], store: VectorStore, size: int
-) -> Iterator[tuple[list[tuple[str, str]], list[tuple[str, str]]]]:
+    ours: Iterator[tuple[str, str]], store: VectorStore, size: int, page_rows: int
+) -> Iterator[tuple[list[tuple[str, str]], Iterator[tuple[str, str]]]]:
     """(database ids, Milvus ids) of consecutive key ranges covering every key, each sorted.
 
     A range ends before the database id that follows ``size`` of them, so the ranges
     partition the whole key space and each side holds exactly its keys of the range.
+    Milvus' side is read lazily, ``page_rows`` at a time: a range may hold any number of
+    ids only Milvus has (a database without embeddings against a full collection).
     """
     pending = next(ours, None)
     low: str | None = None
@@ -57,7 +62,7 @@ def _ranges(
             chunk.append(pending)
             pending = next(ours, None)
         high = None if pending is None else pending[0]
-        yield chunk, store.ids_between(low, high)
+        yield chunk, itertools.chain.from_iterable(store.pages_between(low, high, page_rows))
         if high is None:
             return
         low = high
@@ -71,6 +76,10 @@ class VectorParity(Declaration):
     batch_size: int = 16384  # rows a database fetch
     #: Database ids a Milvus range query: milvus-lite makes one pass over the collection a query.
     range_rows: int = 250_000
+    #: Milvus ids a query at most (a Milvus server's cap, 16,384, applies below it): bounds
+    #: memory, and is above range_rows so that a range takes one query (one pass) unless
+    #: Milvus holds far more ids in it than the database.
+    page_rows: int = 300_000
     repair: Repair = Repair.DELETE_ORPHAN
 
     kind = "vectors"
@@ -101,8 +110,9 @@ class VectorParity(Declaration):
     def _merge(self, store: VectorStore) -> tuple[int, dict[str, str]]:
         """Candidates by embedding_id -> kind, from one ordered pass over each side."""
         compared, found = 0, dict[str, str]()
-        for chunk, vectors in _ranges(_message_ids(self.alias, self.batch_size), store, self.range_rows):
-            compared += self._merge_range(iter(chunk), iter(vectors), found)
+        ranges = _ranges(_message_ids(self.alias, self.batch_size), store, self.range_rows, self.page_rows)
+        for chunk, vectors in ranges:
+            compared += self._merge_range(iter(chunk), vectors, found)
         return compared, found
 
     @staticmethod

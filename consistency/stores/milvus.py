@@ -57,24 +57,46 @@ def chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
 
 
 def key_ordered_pages(
-    page: Callable[[str, int], list[dict[str, Any]]], key: str, batch_size: int, what: str
+    page: Callable[[str, int], list[dict[str, Any]]],
+    key: str,
+    batch_size: int,
+    what: str,
+    *,
+    low: str | None = None,
+    high: str | None = None,
+    max_page: int = MAX_PAGE,
+    short_page_ends: bool = False,
 ) -> Iterator[list[dict[str, Any]]]:
-    """Every row once, ``batch_size`` at a time, in byte order of ``key``.
+    """Every row with ``low <= key < high`` once, ``batch_size`` at a time, in byte order of ``key``.
 
     ``page(filter, limit)`` runs one query. Pages are ranged by key (``key > last``):
     `iterator`/`reduce_stop_for_best` are what pymilvus' own query_iterator sends to
     get pages sorted by key, but its cursor is not escaped, so ids holding `"` or `\\`
-    would break it.
+    would break it. ``short_page_ends``: a page shorter than its limit is the last
+    (milvus-lite answers exactly ``min(limit, matches)``; pymilvus' iterator, not
+    trusting a server to, asks until a page is empty, a query more).
     """
-    if not 1 <= batch_size <= MAX_PAGE:
-        raise ValueError(f"batch_size must be between 1 and {MAX_PAGE} (Milvus' limit), got {batch_size}")
+    if not 1 <= batch_size <= max_page:
+        raise ValueError(f"batch_size must be between 1 and {max_page} (Milvus' limit), got {batch_size}")
+    upper = "" if high is None else f" and {key} < {literal(high)}"
+    lo, hi = (low or "").encode(), None if high is None else high.encode()
     last: str | None = None
     while True:
-        rows = page("" if last is None else f"{key} > {literal(last)}", batch_size)
+        if last is not None:
+            filter_ = f"{key} > {literal(last)}{upper}"
+        elif low is not None or high is not None:
+            filter_ = f"{key} >= {literal(low or '')}{upper}"
+        else:
+            filter_ = ""
+        rows = page(filter_, batch_size)
         if not rows:
             return
         keys = [row[key].encode() for row in rows]
         if keys != sorted(keys) or (last is not None and keys[0] <= last.encode()):
             raise StoreError("milvus", f"{what}: the server returned a page out of key order")
+        if keys[0] < lo or (hi is not None and keys[-1] >= hi):
+            raise StoreError("milvus", f"{what}: the server returned ids outside {low!r}..{high!r}")
         yield rows
+        if short_page_ends and len(rows) < batch_size:
+            return
         last = rows[-1][key]

@@ -17,7 +17,7 @@ from project.env import redact_url
 
 from .cached import CachedStore
 from .errors import StoreError
-from .milvus import GRPC_OPTIONS, chunks, key_ordered_pages, literal, pymilvus
+from .milvus import GRPC_OPTIONS, MAX_PAGE, chunks, key_ordered_pages, literal, pymilvus
 
 PRIMARY_KEY = "embedding_id"
 MAX_ID_BYTES = 64
@@ -49,6 +49,7 @@ class VectorStore:
         self.timeout = timeout
         self._client: Any = None
         self._loaded = False
+        self._lite: bool | None = None
         self._lock = threading.Lock()
 
     def _fail(self, action: str, exc: BaseException) -> StoreError:
@@ -234,31 +235,60 @@ class VectorStore:
         for rows in key_ordered_pages(page, PRIMARY_KEY, batch_size, f"{self.kind}: {self.collection}"):
             yield [(r[PRIMARY_KEY], r["message_id"]) for r in rows]
 
-    def ids_between(self, low: str | None, high: str | None) -> list[tuple[str, str]]:
+    def is_lite(self) -> bool:
+        """True when the server is milvus-lite (its version string says so)."""
+        if self._lite is None:
+            version = str(self._call("ask the version of", "get_server_version"))
+            self._lite = version.startswith(("milvus_lite", "milvus-lite"))
+        return self._lite
+
+    def pages_between(
+        self, low: str | None, high: str | None, page_rows: int
+    ) -> Iterator[list[tuple[str, str]]]:
         """Every (embedding_id, message_id) with ``low <= embedding_id < high``, in byte order.
 
-        One query without a limit (a bound of None is open): a server answers it from
+        Pages of at most ``page_rows`` (16,384 on a Milvus server, its largest limit), so
+        memory is bounded however many ids a range holds: a server answers each page from
         its key index, and milvus-lite, which makes a pass over the collection for any
-        query, makes one pass for the whole range instead of one per page of 16,384.
+        query, makes one pass for a range of up to ``page_rows`` ids and ends on a short page.
         """
-        parts = [f"{PRIMARY_KEY} >= {literal(low or '')}"]
-        if high is not None:
-            parts.append(f"{PRIMARY_KEY} < {literal(high)}")
-        rows = self._call(
-            "read from",
-            "query",
-            self.collection,
-            filter=" and ".join(parts),
-            output_fields=[PRIMARY_KEY, "message_id"],
-            consistency_level="Strong",
-        )
-        out = sorted(((r[PRIMARY_KEY], r["message_id"]) for r in rows), key=lambda r: r[0].encode())
-        lo, hi = (low or "").encode(), None if high is None else high.encode()
-        if out and (out[0][0].encode() < lo or (hi is not None and out[-1][0].encode() >= hi)):
-            raise StoreError(
-                self.kind, f"{self.collection}: the server returned ids outside {low!r}..{high!r}"
+        lite = self.is_lite()
+
+        def page(filter_: str, limit: int) -> list[dict[str, Any]]:
+            return list(
+                self._call(
+                    "read from",
+                    "query",
+                    self.collection,
+                    filter=filter_,
+                    output_fields=[PRIMARY_KEY, "message_id"],
+                    limit=limit,
+                    iterator="True",
+                    reduce_stop_for_best="True",
+                    consistency_level="Strong",
+                )
             )
-        return out
+
+        size = page_rows if lite else min(page_rows, MAX_PAGE)
+        what = f"{self.kind}: {self.collection}"
+        pages = key_ordered_pages(
+            page,
+            PRIMARY_KEY,
+            size,
+            what,
+            low=low,
+            high=high,
+            max_page=size if lite else MAX_PAGE,
+            short_page_ends=lite,
+        )
+        for rows in pages:
+            yield [(r[PRIMARY_KEY], r["message_id"]) for r in rows]
+
+    def ids_between(
+        self, low: str | None, high: str | None, page_rows: int = MAX_PAGE
+    ) -> list[tuple[str, str]]:
+        """Every (embedding_id, message_id) of ``pages_between``, as one list."""
+        return [row for rows in self.pages_between(low, high, page_rows) for row in rows]
 
     def drop(self) -> None:
         """Drop the collection if it exists (tests and rebuilds)."""

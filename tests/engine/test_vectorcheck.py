@@ -13,6 +13,8 @@ from consistency.backend.models import Message
 from consistency.engine import repair
 from consistency.engine.findings import AuditContext, Finding
 from consistency.engine.vectorcheck import VectorParity
+from consistency.stores.errors import StoreError
+from consistency.stores.milvus import MAX_PAGE
 from consistency.stores.vectors import VectorStore, close_vectors, get_vectors
 from tests.commands import checkconsistency as run
 from tests.factories import MessageFactory
@@ -129,3 +131,54 @@ def test_command__unreachable_milvus_exits_2() -> None:
     close_vectors()
     assert code == 2
     assert "vectors_message_embeddings" in out
+
+
+def test_audit__pages_within_a_range_count_each_kind_exactly(vectors: VectorStore) -> None:
+    """Ranges of three messages read from Milvus two ids a query: every kind, none lost or twice."""
+    vectors.ensure_collection()
+    messages = MessageFactory.create_batch(9)
+    crossed, lacking = messages[2], messages[6]
+    owners = {m.embedding_id: m.pk for m in messages if m is not lacking} | {
+        crossed.embedding_id: "msg_other"
+    }
+    orphans = [f"{m.embedding_id}_{k}" for m in messages for k in range(3)]  # sort between messages
+    vectors.upsert([vector(e, pk) for e, pk in owners.items()] + [vector(e, "msg_gone") for e in orphans])
+    paged = VectorParity(name="t_vectors", batch_size=2, range_rows=3, page_rows=2)
+    findings, figures = paged.audit(AuditContext(started_at=None, settle=0))  # type: ignore[arg-type]
+    assert sorted((f.key, f.kind) for f in findings) == sorted(
+        [(crossed.embedding_id, "mismatch"), (lacking.embedding_id, "missing")]
+        + [(e, "orphan") for e in orphans]
+    )
+    assert figures["compared"] == 9 + len(orphans)
+
+
+def test_audit__a_range_with_more_milvus_only_ids_than_a_query_cap_is_counted_exactly(
+    vectors: VectorStore,
+) -> None:
+    """A database with two embeddings against 20,000 vectors more than Milvus' 16,384 a query."""
+    vectors.ensure_collection()
+    kept = MessageFactory.create_batch(2)
+    extra = [f"emb_x{i:06d}" for i in range(MAX_PAGE + 3616)]
+    vectors.upsert([vector(m.embedding_id, m.pk) for m in kept] + [vector(e, "msg_gone") for e in extra])
+    for check in (VectorParity(name="t_vectors"), VectorParity(name="t_vectors", page_rows=4096)):
+        findings, figures = check.audit(AuditContext(started_at=None, settle=0))  # type: ignore[arg-type]
+        assert {f.kind for f in findings} == {"orphan"}
+        assert sorted(f.key for f in findings) == extra
+        assert (figures["compared"], figures["candidates"]) == (len(extra) + 2, len(extra))
+
+
+def test_pages_between__bounded_pages_in_byte_order_and_a_failing_store_raises(vectors: VectorStore) -> None:
+    vectors.ensure_collection()
+    ids = [f"emb_{i:02d}" for i in range(7)]
+    vectors.upsert([vector(e, "msg") for e in ids])
+    pages = list(vectors.pages_between("emb_01", "emb_06", 2))
+    assert [[e for e, _ in page] for page in pages] == [
+        ["emb_01", "emb_02"],
+        ["emb_03", "emb_04"],
+        ["emb_05"],
+    ]
+    reading = vectors.pages_between(None, None, 3)
+    assert [e for e, _ in next(reading)] == ids[:3]
+    vectors.drop()  # the store fails between two pages of a range: an error, not an early end
+    with pytest.raises(StoreError):
+        next(reading)
