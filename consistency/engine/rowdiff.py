@@ -503,6 +503,21 @@ def _cached_side(
     return _SideScan(table, [out], len(parts), cached=True, opened=[out], strategy="ranges+stream")
 
 
+def _scattered(cache: SideCache, counters: list[int] | None) -> bool:
+    """Whether the writes the counters show since the cache was written would, if spread over
+    the table, move more than half of its ranges: then the per-range digests would only lead
+    to a full stream, and the side streams at once. Inserts fill the table's last pages, so only
+    updates and deletes count. A guess that only saves time: the stream is exact either way."""
+    if counters is None or cache.counters is None or len(counters) != len(cache.counters):
+        return False
+    _inserted, updated, deleted = (
+        max(0, now - then) for now, then in zip(counters, cache.counters, strict=True)
+    )
+    ranges = len(cache.units)
+    expected = ranges * (1 - (1 - 1 / ranges) ** (updated + deleted)) if ranges else 0
+    return expected * 2 > ranges
+
+
 def _side(
     side: RowSide,
     index: int,
@@ -530,7 +545,7 @@ def _side(
                 cache = SideCache.open(cache_key, index, side, cells)
                 counters = None if cache is None else write_counters(side)
             digested = False
-            if cache is not None and cache.valid:
+            if cache is not None and cache.valid and not _scattered(cache, counters):
                 result = _cached_side(side, cells, progress, cache, parts, counters)
                 if result is None:  # most ranges moved: scan it all again
                     digested = True

@@ -407,16 +407,7 @@ def test_range_cache__counters_choose_the_path_but_the_aggregate_decides(
     assert audit(decl, cache_key=decl.name)[0] == []
     IntRow.objects.using("default").filter(id=1700).update(name="drifted")
     flush_stats()
-    # The target's cache claims the counters as they are now, as if the update were not counted.
-    (index,) = range_cache.glob("*/1-*/index.json")
-    cached = json.loads(index.read_text())
-    with connections["default"].cursor() as cursor:
-        cursor.execute(
-            "SELECT pg_stat_get_tuples_inserted(c.oid), pg_stat_get_tuples_updated(c.oid),"
-            " pg_stat_get_tuples_deleted(c.oid) FROM pg_class c WHERE c.oid = 't_int_rows'::regclass"
-        )
-        cached["counters"] = [int(n) for n in cursor.fetchone()]
-    index.write_text(json.dumps(cached))
+    claim_current_counters(range_cache, 1, "default")
 
     findings, stats = audit(decl, cache_key=decl.name)
 
@@ -443,18 +434,52 @@ def test_range_cache__a_change_between_audits_is_streamed_and_found(tables: None
     assert (kinds(again), again_stats.strategy) == ({"mismatch": {"1700"}, "extra": {"5"}}, "cached")
 
 
-def test_range_cache__progress_counts_each_row_once_when_the_digests_fall_back(
+def claim_current_counters(root: Any, side: int, alias: str) -> None:
+    """Make side ``side``'s cache claim the table's write counters as they are now, as if the
+    writes since the cache was written were not counted yet (PostgreSQL's flush lags)."""
+    (index,) = root.glob(f"*/{side}-*/index.json")
+    cached = json.loads(index.read_text())
+    with connections[alias].cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_stat_get_tuples_inserted(c.oid), pg_stat_get_tuples_updated(c.oid),"
+            " pg_stat_get_tuples_deleted(c.oid) FROM pg_class c WHERE c.oid = 't_int_rows'::regclass"
+        )
+        cached["counters"] = [int(n) for n in cursor.fetchone()]
+    index.write_text(json.dumps(cached))
+
+
+def test_range_cache__scattered_writes_stream_the_side_without_reading_digests(
     tables: None, range_cache: Any
 ) -> None:
-    """More than half the ranges moved: the side is streamed in full after its digests, and the
-    progress still adds up to the rows of both sides, once."""
+    """The counters show more updates and deletes than would leave half the ranges untouched:
+    the side streams at once (the digests would only have led there), and finds exactly."""
     fill(IntRow, "auth", range(1, 2001))
     fill(IntRow, "default", range(1, 2001))
     flush_stats()
     decl = declare(IntRow)
     assert audit(decl, cache_key=decl.name)[0] == []
-    IntRow.objects.using("default").filter(id__in=range(1, 2001, 50)).update(name="drifted")
+    IntRow.objects.using("default").filter(id__in=range(1, 2001, 25)).update(name="drifted")
     flush_stats()
+
+    findings, stats = audit(decl, cache_key=decl.name)
+
+    assert kinds(findings) == {"mismatch": {str(i) for i in range(1, 2001, 25)}}
+    assert stats.strategy == "cached+stream"
+
+
+def test_range_cache__progress_counts_each_row_once_when_the_digests_fall_back(
+    tables: None, range_cache: Any
+) -> None:
+    """More than half the ranges moved though the counters did not show it: the side reads its
+    digests, then streams in full, and the progress still adds up to both sides' rows, once."""
+    fill(IntRow, "auth", range(1, 2001))
+    fill(IntRow, "default", range(1, 2001))
+    flush_stats()
+    decl = declare(IntRow)
+    assert audit(decl, cache_key=decl.name)[0] == []
+    IntRow.objects.using("default").filter(id__in=range(1, 2001, 25)).update(name="drifted")
+    flush_stats()
+    claim_current_counters(range_cache, 1, "default")
     counted: list[int] = []
     lock = threading.Lock()
 
@@ -464,7 +489,7 @@ def test_range_cache__progress_counts_each_row_once_when_the_digests_fall_back(
 
     findings, stats = audit(decl, cache_key=decl.name, progress=progress)
 
-    assert len(findings) == 40
+    assert len(findings) == 80
     assert stats.strategy == "cached+ranges+stream"
     assert sum(counted) == 4000
 
