@@ -218,22 +218,27 @@ class VectorStore:
         """Yield every (embedding_id, message_id) once, ``batch_size`` at a time, in key order."""
 
         def page(filter_: str, limit: int) -> list[dict[str, Any]]:
-            return list(
-                self._call(
-                    "iterate over",
-                    "query",
-                    self.collection,
-                    filter=filter_,
-                    output_fields=[PRIMARY_KEY, "message_id"],
-                    limit=limit,
-                    iterator="True",
-                    reduce_stop_for_best="True",
-                    consistency_level="Strong",
-                )
-            )
+            return self._id_page("iterate over", filter_, limit)
 
         for rows in key_ordered_pages(page, PRIMARY_KEY, batch_size, f"{self.kind}: {self.collection}"):
             yield [(r[PRIMARY_KEY], r["message_id"]) for r in rows]
+
+    def _id_page(self, verb: str, filter_: str, limit: int) -> list[dict[str, Any]]:
+        """One page of (embedding_id, message_id) rows in key order (``iterator`` with
+        ``reduce_stop_for_best``), read consistently; ``verb`` names the action in errors."""
+        return list(
+            self._call(
+                verb,
+                "query",
+                self.collection,
+                filter=filter_,
+                output_fields=[PRIMARY_KEY, "message_id"],
+                limit=limit,
+                iterator="True",
+                reduce_stop_for_best="True",
+                consistency_level="Strong",
+            )
+        )
 
     def is_lite(self) -> bool:
         """True when the server is milvus-lite (its version string says so)."""
@@ -255,19 +260,7 @@ class VectorStore:
         lite = self.is_lite()
 
         def page(filter_: str, limit: int) -> list[dict[str, Any]]:
-            return list(
-                self._call(
-                    "read from",
-                    "query",
-                    self.collection,
-                    filter=filter_,
-                    output_fields=[PRIMARY_KEY, "message_id"],
-                    limit=limit,
-                    iterator="True",
-                    reduce_stop_for_best="True",
-                    consistency_level="Strong",
-                )
-            )
+            return self._id_page("read from", filter_, limit)
 
         size = page_rows if lite else min(page_rows, MAX_PAGE)
         what = f"{self.kind}: {self.collection}"

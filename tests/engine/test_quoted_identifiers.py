@@ -19,9 +19,8 @@ from typing import Any
 import numpy as np
 import pytest
 from django.db import connections, models
-from django.test import override_settings
 
-from consistency.engine import fanout, rowside
+from consistency.engine import fanout
 from consistency.engine.declarations import RowParity, Side, bind_row_parity
 from consistency.engine.findings import AuditContext
 from consistency.engine.registry import registry
@@ -31,7 +30,7 @@ from consistency.engine.tablesql import ident
 from consistency.models import AuditSegment
 from project.celery import app as celery_app
 from tests.commands import checkconsistency as run
-from tests.engine.test_rowdiff import flush_stats
+from tests.engine.conftest import flush_stats
 
 pytestmark = [pytest.mark.django_db(transaction=True, databases=["default", "auth"]), pytest.mark.sqlite]
 
@@ -88,26 +87,6 @@ def quoted_tables(transactional_db: None, clean_registry: None) -> Iterator[None
         with connections[alias].cursor() as cursor:
             cursor.execute(f"DROP TABLE IF EXISTS {quote_ident(TABLE)}")
             cursor.execute("DROP TABLE IF EXISTS q_canary")
-
-
-@pytest.fixture
-def range_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A range cache directory, small TID ranges and parallel scans of any table size (as in
-    test_rowdiff's ``parallel_scans``): both sides are read in many ranges by several connections."""
-    if any(connections[a].vendor != "postgresql" for a in ("auth", "default")):
-        pytest.skip("the range cache is the PostgreSQL dialect's")
-    monkeypatch.setattr(rowside, "UNIT_ROWS", 64)
-    names = [connections[a].settings_dict["NAME"] for a in ("auth", "default")]
-    with connections["default"].cursor() as cursor:
-        for name in names:
-            cursor.execute(f"ALTER DATABASE {quote_ident(name)} SET min_parallel_table_scan_size = 0")
-    for alias in ("auth", "default"):
-        connections[alias].close()
-    with override_settings(CONSISTENCY={"RANGE_CACHE_DIR": str(tmp_path), "SETTLE_SECONDS": 0}):
-        yield tmp_path
-    with connections["default"].cursor() as cursor:
-        for name in names:
-            cursor.execute(f"ALTER DATABASE {quote_ident(name)} RESET min_parallel_table_scan_size")
 
 
 def _insert(alias: str, rows: dict[int, str], at: dt.datetime = OLD) -> None:

@@ -7,7 +7,6 @@ import json
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -15,12 +14,11 @@ import pytest
 from django.db import connections
 from django.test import override_settings
 
-from consistency.engine import rowside
 from consistency.engine.declarations import RowParity, Side, bind_row_parity
 from consistency.engine.normalizers import Decimal as DecimalN
 from consistency.engine.normalizers import Email, Text, Timestamp
 from consistency.engine.rowdiff import diff_rows
-from tests.engine.conftest import shape
+from tests.engine.conftest import flush_stats, shape
 from tests.testapp.models import CompositeRow, IntRow, Shape, StrRow, UuidRow
 
 pytestmark = [pytest.mark.django_db(transaction=True, databases=["default", "auth"]), pytest.mark.sqlite]
@@ -137,24 +135,6 @@ def test_row_parity__large_drift_is_decoded_in_partitions(tables: None) -> None:
     assert len(findings) == 3000
     assert {f.kind for f in findings} == {"mismatch"}
     assert stats.segments > 1
-
-
-@pytest.fixture
-def parallel_scans(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Small TID ranges, and PostgreSQL willing to run a parallel scan of any table size."""
-    if any(connections[a].vendor != "postgresql" for a in ("auth", "default")):
-        pytest.skip("TID range scans on several connections are the PostgreSQL dialect")
-    monkeypatch.setattr(rowside, "UNIT_ROWS", 64)
-    names = [connections[a].settings_dict["NAME"] for a in ("auth", "default")]
-    with connections["default"].cursor() as cursor:
-        for name in names:
-            cursor.execute(f'ALTER DATABASE "{name}" SET min_parallel_table_scan_size = 0')
-    for alias in ("auth", "default"):
-        connections[alias].close()
-    yield
-    with connections["default"].cursor() as cursor:
-        for name in names:
-            cursor.execute(f'ALTER DATABASE "{name}" RESET min_parallel_table_scan_size')
 
 
 def test_row_parity__scan_shared_by_several_connections_on_one_snapshot(
@@ -324,20 +304,6 @@ def test_row_parity__unknown_strategy_is_refused(tables: None) -> None:
 # -- the range cache: a full audit re-reads only the TID ranges that moved ----------------------
 
 
-@pytest.fixture
-def range_cache(tmp_path: Any, parallel_scans: None) -> Iterator[Any]:
-    with override_settings(CONSISTENCY={"RANGE_CACHE_DIR": str(tmp_path), "SETTLE_SECONDS": 0}):
-        yield tmp_path
-
-
-def flush_stats() -> None:
-    """Make this thread's writes show in PostgreSQL's write counters now (they are flushed when
-    a backend goes idle, at most once a second; ``pg_stat_force_next_flush`` skips the wait)."""
-    for alias in ("auth", "default"):
-        with connections[alias].cursor() as cursor:
-            cursor.execute("SELECT pg_stat_force_next_flush()")
-
-
 def cached_counters(root: Any, side: int) -> Any:
     (index,) = root.glob(f"*/{side}-*/index.json")
     return json.loads(index.read_text())["counters"]
@@ -448,22 +414,32 @@ def claim_current_counters(root: Any, side: int, alias: str) -> None:
     index.write_text(json.dumps(cached))
 
 
-def test_range_cache__scattered_writes_stream_the_side_without_reading_digests(
-    tables: None, range_cache: Any
-) -> None:
-    """The counters show more updates and deletes than would leave half the ranges untouched:
-    the side streams at once (the digests would only have led there), and finds exactly."""
+def cached_then_scattered() -> RowParity:
+    """2,000 identical rows a side audited once (the cache written, the counters current), then
+    every 25th target row changed: spread over nearly all of its ranges."""
     fill(IntRow, "auth", range(1, 2001))
     fill(IntRow, "default", range(1, 2001))
     flush_stats()
     decl = declare(IntRow)
     assert audit(decl, cache_key=decl.name)[0] == []
-    IntRow.objects.using("default").filter(id__in=range(1, 2001, 25)).update(name="drifted")
+    IntRow.objects.using("default").filter(id__in=SCATTERED).update(name="drifted")
     flush_stats()
+    return decl
+
+
+SCATTERED = range(1, 2001, 25)
+
+
+def test_range_cache__scattered_writes_stream_the_side_without_reading_digests(
+    tables: None, range_cache: Any
+) -> None:
+    """The counters show more updates and deletes than would leave half the ranges untouched:
+    the side streams at once (the digests would only have led there), and finds exactly."""
+    decl = cached_then_scattered()
 
     findings, stats = audit(decl, cache_key=decl.name)
 
-    assert kinds(findings) == {"mismatch": {str(i) for i in range(1, 2001, 25)}}
+    assert kinds(findings) == {"mismatch": {str(i) for i in SCATTERED}}
     assert stats.strategy == "cached+stream"
 
 
@@ -472,13 +448,7 @@ def test_range_cache__progress_counts_each_row_once_when_the_digests_fall_back(
 ) -> None:
     """More than half the ranges moved though the counters did not show it: the side reads its
     digests, then streams in full, and the progress still adds up to both sides' rows, once."""
-    fill(IntRow, "auth", range(1, 2001))
-    fill(IntRow, "default", range(1, 2001))
-    flush_stats()
-    decl = declare(IntRow)
-    assert audit(decl, cache_key=decl.name)[0] == []
-    IntRow.objects.using("default").filter(id__in=range(1, 2001, 25)).update(name="drifted")
-    flush_stats()
+    decl = cached_then_scattered()
     claim_current_counters(range_cache, 1, "default")
     counted: list[int] = []
     lock = threading.Lock()
