@@ -366,11 +366,7 @@ def test_range_cache__counters_choose_the_path_but_the_aggregate_decides(
 ) -> None:
     """A change the counters do not show yet (their flush lags): the aggregate disagrees with
     the cache, so the side reads its range digests and the change is found."""
-    fill(IntRow, "auth", range(1, 2001))
-    fill(IntRow, "default", range(1, 2001))
-    flush_stats()
-    decl = declare(IntRow)
-    assert audit(decl, cache_key=decl.name)[0] == []
+    decl = audited_clean()
     IntRow.objects.using("default").filter(id=1700).update(name="drifted")
     flush_stats()
     claim_current_counters(range_cache, 1, "default")
@@ -381,11 +377,7 @@ def test_range_cache__counters_choose_the_path_but_the_aggregate_decides(
 
 
 def test_range_cache__a_change_between_audits_is_streamed_and_found(tables: None, range_cache: Any) -> None:
-    fill(IntRow, "auth", range(1, 2001))
-    fill(IntRow, "default", range(1, 2001))
-    flush_stats()
-    decl = declare(IntRow)
-    assert audit(decl, cache_key=decl.name)[0] == []
+    decl = audited_clean()
     IntRow.objects.using("default").filter(id=1700).update(name="drifted")
     IntRow.objects.using("auth").filter(id=5).delete()
     flush_stats()
@@ -414,14 +406,19 @@ def claim_current_counters(root: Any, side: int, alias: str) -> None:
     index.write_text(json.dumps(cached))
 
 
-def cached_then_scattered() -> RowParity:
-    """2,000 identical rows a side audited once (the cache written, the counters current), then
-    every 25th target row changed: spread over nearly all of its ranges."""
+def audited_clean() -> RowParity:
+    """2,000 identical rows a side, audited once: the range caches written, the counters current."""
     fill(IntRow, "auth", range(1, 2001))
     fill(IntRow, "default", range(1, 2001))
     flush_stats()
     decl = declare(IntRow)
     assert audit(decl, cache_key=decl.name)[0] == []
+    return decl
+
+
+def cached_then_scattered() -> RowParity:
+    """``audited_clean``, then every 25th target row changed: nearly all of its ranges moved."""
+    decl = audited_clean()
     IntRow.objects.using("default").filter(id__in=SCATTERED).update(name="drifted")
     flush_stats()
     return decl
