@@ -32,7 +32,7 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -425,10 +425,12 @@ def _cached_side(
     cache: SideCache,
     parts: list[_Part],
     counters: list[int] | None,
+    totals: tuple[int, int] | None = None,
 ) -> _SideScan | None:
     """A side with a valid range cache: when its write counters have not moved, one aggregate
     that matches the cache's totals (strategy ``cached``); else one digest per range, and
-    stream only the ranges that moved.
+    stream only the ranges that moved. ``totals`` is the side's aggregate when this audit's
+    first pass already took it (then not taken again).
 
     None when more than half of the ranges moved (a full scan costs less than the digests
     and the partial update together).
@@ -436,7 +438,7 @@ def _cached_side(
     from consistency.engine.rangecache import Unit
 
     if counters is not None and counters == cache.counters:
-        now_totals = side.aggregate()
+        now_totals = totals if totals is not None else side.aggregate()
         if now_totals == cache.totals():
             if progress is not None:
                 progress(now_totals[0])
@@ -527,6 +529,7 @@ def _side(
     scanned: Future[_Scanned],
     wanted: Future[list[int] | None],
     cache_key: str | None,
+    totals: tuple[int, int] | None = None,
 ) -> dict[str, Row]:
     """One side, in its own thread: scan into IBLTs and spill files, report, wait for the
     fingerprints to fetch, fetch them in the same snapshot; return the fetched rows by key."""
@@ -546,7 +549,7 @@ def _side(
                 counters = None if cache is None else write_counters(side)
             digested = False
             if cache is not None and cache.valid and not _scattered(cache, counters):
-                result = _cached_side(side, cells, progress, cache, parts, counters)
+                result = _cached_side(side, cells, progress, cache, parts, counters, totals)
                 if result is None:  # most ranges moved: scan it all again
                     digested = True
                     for part in parts:
@@ -657,14 +660,16 @@ def _scan(
     progress: Progress | None,
     stats: RowDiffStats,
     cache_key: str | None = None,
+    totals: Sequence[tuple[int, int] | None] = (None, None),
 ) -> tuple[dict[str, Row], dict[str, Row]]:
-    """Scan both sides once and fetch the rows only one side holds, by key."""
+    """Scan both sides once and fetch the rows only one side holds, by key. ``totals``: each
+    side's (rows, digest) when the aggregate pass took them."""
     order = _Order(source, target)
     scanned: list[Future[_Scanned]] = [Future(), Future()]
     wanted: list[Future[list[int] | None]] = [Future(), Future()]
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="consistency-scan") as pool:
         workers = [
-            pool.submit(_side, side, i, order, since, progress, scanned[i], wanted[i], cache_key)
+            pool.submit(_side, side, i, order, since, progress, scanned[i], wanted[i], cache_key, totals[i])
             for i, side in enumerate((source, target))
         ]
         try:
@@ -728,8 +733,10 @@ def diff_rows(
         cache_key = None
     # The scan threads take their own connections: give the caller's back to a pool first.
     release_idle(DEFAULT_DB_ALIAS, source.alias, target.alias)
+    totals: list[tuple[int, int] | None] = [None, None]
     if strategy == "aggregate" and source.dialect == "sql":
         (stats.source_rows, src_digest), (stats.target_rows, tgt_digest) = _aggregates(source, target, since)
+        totals = [(stats.source_rows, src_digest), (stats.target_rows, tgt_digest)]
         stats.segments = 1
         if stats.source_rows == stats.target_rows and src_digest == tgt_digest:
             stats.strategy = "aggregate"
@@ -739,7 +746,8 @@ def diff_rows(
             return [], stats
         stats.strategy = "aggregate"  # and then the scan: _scan appends its passes
     try:
-        first_source, first_target = _scan(source, target, since, progress, stats, cache_key)
+        # A side whose cache the aggregate confirms need not aggregate again (rangecache).
+        first_source, first_target = _scan(source, target, since, progress, stats, cache_key, totals)
     except StaleCache as exc:
         logger.info("range cache of %s is stale (%s): scanning again", bound.decl.name, exc)
         stats.strategy = "aggregate" if stats.strategy.startswith("aggregate") else "stream"

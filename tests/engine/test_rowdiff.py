@@ -14,6 +14,7 @@ import pytest
 from django.db import connections
 from django.test import override_settings
 
+from consistency.engine import rowside
 from consistency.engine.declarations import RowParity, Side, bind_row_parity
 from consistency.engine.normalizers import Decimal as DecimalN
 from consistency.engine.normalizers import Email, Text, Timestamp
@@ -374,6 +375,29 @@ def test_range_cache__counters_choose_the_path_but_the_aggregate_decides(
     findings, stats = audit(decl, cache_key=decl.name)
 
     assert (kinds(findings), stats.strategy) == ({"mismatch": {"1700"}}, "cached+ranges+stream")
+
+
+def test_range_cache__a_side_the_aggregate_pass_confirms_is_not_aggregated_again(
+    tables: None, range_cache: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a clean run the aggregate goes first; when it disagrees, the unchanged side takes
+    its cache on the strength of that same aggregate, without a second one."""
+    decl = audited_clean()
+    IntRow.objects.using("default").filter(id=1700).update(name="drifted")
+    flush_stats()
+    calls: list[str] = []
+    real = rowside.RowSide.aggregate
+
+    def counted(self: rowside.RowSide, since: dt.datetime | None = None) -> tuple[int, int]:
+        calls.append(self.alias)
+        return real(self, since)
+
+    monkeypatch.setattr(rowside.RowSide, "aggregate", counted)
+
+    findings, stats = audit(decl, cache_key=decl.name, strategy="aggregate")
+
+    assert (kinds(findings), stats.strategy) == ({"mismatch": {"1700"}}, "aggregate+cached+ranges+stream")
+    assert sorted(calls) == ["auth", "default"]  # the first pass's, once a side
 
 
 def test_range_cache__a_change_between_audits_is_streamed_and_found(tables: None, range_cache: Any) -> None:
