@@ -13,10 +13,12 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from io import StringIO
 from typing import Any, TypeVar
 from urllib.parse import urlencode, urlsplit
 
+import psycopg
 import pytest
 from django.conf import settings
 from django.core.cache import caches
@@ -32,6 +34,7 @@ from consistency.stores.analytics import close_analytics, get_analytics
 from project import env
 from project.env import statement_timeout_options
 from tests.faultproxy import FaultProxy
+from tests.sync.conftest import wait_until
 
 T = TypeVar("T")
 DATABASES = ["default", "auth"]
@@ -257,3 +260,50 @@ def auth_direct(proxy: FaultProxy | None) -> dict[str, Any]:
     if conf.get("PASSWORD"):
         direct["password"] = conf["PASSWORD"]
     return direct
+
+
+@dataclass
+class BlockedAudit:
+    """``checkconsistency users`` running in a thread, its scan waiting on a locked ``auth_users``."""
+
+    pid: int  # the scan's backend
+    locker: psycopg.Connection[Any]  # holds the lock; ``rollback()`` lets the scan answer
+    runner: threading.Thread
+    outcome: list[Any]  # the command's (code, stdout, stderr), or what it raised
+
+    def result(self) -> tuple[int, str, str]:
+        assert not self.runner.is_alive(), "the audit still waits for an answer from the store"
+        if isinstance(self.outcome[0], BaseException):
+            raise self.outcome[0]
+        code, out, message = self.outcome[0]
+        return code, out, message
+
+
+@contextmanager
+def audit_blocked_on_lock(proxy: FaultProxy, wait: float) -> Iterator[BlockedAudit]:
+    """Start ``checkconsistency users`` while another session (around ``proxy``) holds
+    ``auth_users`` locked, and yield once the audit's scan waits on that lock (at most ``wait``
+    seconds): the moment to break the store mid-query. The lock is held until the caller
+    releases it or the block ends."""
+    outcome: list[Any] = []
+
+    def audit() -> None:
+        try:
+            outcome.append(finishes(lambda: command("users")))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    direct = auth_direct(proxy)
+    with psycopg.connect(**direct) as locker, psycopg.connect(**direct, autocommit=True) as observer:
+        locker.execute("LOCK TABLE auth_users IN ACCESS EXCLUSIVE MODE")
+        runner = threading.Thread(target=audit, daemon=True)
+        runner.start()
+        waiting = wait_until(
+            lambda: observer.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+                " AND pid <> pg_backend_pid() AND wait_event_type = 'Lock'"
+            ).fetchall(),
+            timeout=wait,
+            what="the audit's scan to wait for the locked table",
+        )
+        yield BlockedAudit(waiting[0][0], locker, runner, outcome)

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import psycopg
 import pytest
 from django.db import connections
 from psycopg import sql
@@ -24,9 +22,14 @@ from pytest_django.fixtures import Settings as SettingsWrapper
 from consistency.stores.deadline import shown_seconds, statement_timeout_of
 from project.env import statement_timeout_options
 from tests.faultproxy import FaultProxy
-from tests.reliability.conftest import HANG_GUARD, auth_direct, command, finishes, reliability_db
+from tests.reliability.conftest import (
+    HANG_GUARD,
+    audit_blocked_on_lock,
+    command,
+    finishes,
+    reliability_db,
+)
 from tests.reliability.test_store_faults import assert_failed_run, drift_records, plant_drift
-from tests.sync.conftest import wait_until
 
 pytestmark = reliability_db
 
@@ -93,45 +96,21 @@ def test_postgres_stall_mid_query__client_deadline_ends_the_run(
     before = drift_records()
     assert len(before) == 1
 
-    outcome: list[Any] = []
-
-    def audit() -> None:
-        try:
-            outcome.append(finishes(lambda: command("users")))
-        except BaseException as exc:
-            outcome.append(exc)
-
-    direct = auth_direct(auth_proxy)
     stopped: list[int] = []
-    with psycopg.connect(**direct) as locker, psycopg.connect(**direct, autocommit=True) as observer:
-        locker.execute("LOCK TABLE auth_users IN ACCESS EXCLUSIVE MODE")
-        runner = threading.Thread(target=audit, daemon=True)
-        runner.start()
+    with audit_blocked_on_lock(auth_proxy, wait=STATEMENT_TIMEOUT - 1) as blocked:
         try:
-            waiting = wait_until(
-                lambda: observer.execute(
-                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
-                    " AND pid <> pg_backend_pid() AND wait_event_type = 'Lock'"
-                ).fetchall(),
-                timeout=STATEMENT_TIMEOUT - 1,
-                what="the audit's scan to wait for the locked table",
-            )
-            pid = waiting[0][0]
             if stall == "hung_proxy":
                 auth_proxy.set("blackhole")  # the answer, or the timeout error, stays in the proxy
             else:
-                os.kill(pid, signal.SIGSTOP)  # the backend can neither answer nor time out
-                stopped.append(pid)
-            locker.rollback()
-            runner.join(HANG_GUARD)
+                os.kill(blocked.pid, signal.SIGSTOP)  # the backend can neither answer nor time out
+                stopped.append(blocked.pid)
+            blocked.locker.rollback()
+            blocked.runner.join(HANG_GUARD)
         finally:
             for stopped_pid in stopped:
                 os.kill(stopped_pid, signal.SIGCONT)  # never leave a stopped backend behind
             auth_proxy.heal()
-    assert not runner.is_alive(), "the audit still waits for an answer from a stalled store"
-    if isinstance(outcome[0], BaseException):
-        raise outcome[0]
-    code, out, message = outcome[0]
+    code, out, message = blocked.result()
     assert_failed_run(code, message, "users", ("PostgreSQL database 'auth'",))
     assert f"no answer within {STATEMENT_TIMEOUT + GRACE} s {auth_deadline}" in message
     assert "canceling statement" not in message  # not the server's own timeout

@@ -4,10 +4,8 @@ store, ends in bounded time, and leaves the earlier drift records as they were."
 from __future__ import annotations
 
 import json
-import threading
 from typing import Any
 
-import psycopg
 import pytest
 from django.core.cache import caches
 from django.db import connections
@@ -17,8 +15,13 @@ from consistency.models import AuditRun, CheckRun, Drift
 from consistency.stores.analytics import close_analytics
 from project import env
 from tests.faultproxy import FaultProxy, vanish_supported
-from tests.reliability.conftest import HANG_GUARD, auth_direct, command, finishes, reliability_db
-from tests.sync.conftest import wait_until
+from tests.reliability.conftest import (
+    HANG_GUARD,
+    audit_blocked_on_lock,
+    command,
+    finishes,
+    reliability_db,
+)
 
 pytestmark = reliability_db
 
@@ -133,34 +136,11 @@ def test_postgres_partition_mid_query__keepalives_end_the_run(
     assert finishes(lambda: command("users"))[0] == 1
     before = drift_records()
 
-    direct = auth_direct(auth_proxy)  # around the proxy
-    outcome: list[Any] = []
-
-    def audit() -> None:
-        try:
-            outcome.append(finishes(lambda: command("users")))
-        except BaseException as exc:
-            outcome.append(exc)
-
-    with psycopg.connect(**direct) as locker, psycopg.connect(**direct, autocommit=True) as observer:
-        locker.execute("LOCK TABLE auth_users IN ACCESS EXCLUSIVE MODE")
-        runner = threading.Thread(target=audit, daemon=True)
-        runner.start()
-        wait_until(
-            lambda: observer.execute(
-                "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
-                " AND pid <> pg_backend_pid() AND wait_event_type = 'Lock'"
-            ).fetchall(),
-            timeout=60,
-            what="the audit's scan to wait for the locked table",
-        )
+    with audit_blocked_on_lock(auth_proxy, wait=60) as blocked:
         auth_proxy.set("vanish")  # mid-query: the client is waiting for the reply
-        locker.rollback()  # the server answers now, into the void
-        runner.join(HANG_GUARD + 30)
-    assert not runner.is_alive(), "the audit still waits for a reply from a partitioned store"
-    if isinstance(outcome[0], BaseException):
-        raise outcome[0]
-    code, out, message = outcome[0]
+        blocked.locker.rollback()  # the server answers now, into the void
+        blocked.runner.join(HANG_GUARD + 30)
+    code, out, message = blocked.result()
     assert_failed_run(code, message, "users", ("PostgreSQL database 'auth'",))
     assert "statement timeout" not in message
     assert "no drift" not in out.lower()
