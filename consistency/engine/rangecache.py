@@ -232,8 +232,9 @@ class SideCache:
 
 def write_counters(side: RowSide) -> list[int] | None:
     """The table's cumulative (inserted, updated, deleted) row counts from PostgreSQL's
-    statistics, or None when statistics are off. Read before the scan's snapshot is taken, so
-    a write the scan does not see moves them past what the cache keeps."""
+    statistics, or None when statistics are off. Read in the scan's transaction; they may lag
+    or lead the snapshot by a flush, which only sends a later audit the longer way (they
+    choose the path, the aggregate or the digests decide)."""
     with side.connection.cursor() as cursor:
         cursor.execute(
             """SELECT current_setting('track_counts')::bool, pg_stat_get_tuples_inserted(c.oid),

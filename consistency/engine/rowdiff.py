@@ -418,6 +418,11 @@ def _stream_side(
     return _SideScan(table, [p.spill for p in parts], len(parts))
 
 
+def _spills(side: RowSide, opened: list[tuple[Any, Any]]) -> list[Spill]:
+    """The cache's record files (``SideCache.open_files``) as spills to locate candidates in."""
+    return [Spill(side.locator_size, files, os.fstat(files[0].fileno()).st_size // 8) for files in opened]
+
+
 def _cached_side(
     side: RowSide,
     cells: int,
@@ -442,10 +447,7 @@ def _cached_side(
         if now_totals == cache.totals():
             if progress is not None:
                 progress(now_totals[0])
-            old = [
-                Spill(side.locator_size, files, os.fstat(files[0].fileno()).st_size // 8)
-                for files in cache.open_files()
-            ]
+            old = _spills(side, cache.open_files())
             return _SideScan(cache.iblt(), old, 1, cached=True, opened=old, strategy="cached")
     plan = side.plan(None, starts=[u.start for u in cache.units])
     workers = 1 + (_helpers(side, plan.workers - 1) if plan.snapshot else 0)
@@ -463,7 +465,7 @@ def _cached_side(
     if progress is not None:
         progress(sum(rows for rows, _ in now.values()))
     old_files = cache.open_files()
-    old = [Spill(side.locator_size, files, os.fstat(files[0].fileno()).st_size // 8) for files in old_files]
+    old = _spills(side, old_files)
     table = cache.iblt()
     if not moved:
         if counters != cache.counters:
@@ -719,8 +721,9 @@ def diff_rows(
     ``strategy`` ``aggregate`` runs the aggregate pass first (SQL dialect), ``stream`` does not.
     ``cache_key`` (the check's name) keeps each side's range cache (``rangecache``) between
     full audits: when the scan runs (after drift, or after an aggregate pass that disagreed),
-    a side with a cache reads per-range digests and streams only the ranges that moved
-    (strategy ``ranges``). After a clean run the plain aggregate still goes first: on
+    a side with a cache whose write counters did not move is confirmed by one aggregate
+    (strategy ``cached``); otherwise it reads per-range digests and streams only the ranges
+    that moved (``ranges``). After a clean run the plain aggregate still goes first: on
     identical tables it is one parallel query per side, cheaper than the per-range digests.
     """
     from consistency.engine.rangecache import StaleCache
