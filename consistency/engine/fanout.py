@@ -390,7 +390,7 @@ def _cells(check: str) -> int:
     A retry costs another fanned-out scan here (no local spill to refill from), so the
     table is sized from the check's history; drift beyond it falls back to one process.
     """
-    from consistency.engine.iblt import MAX_CELLS
+    from consistency.engine.ibltsize import MAX_CELLS
 
     last = (
         CheckRun.objects.filter(check_name=check, status__in=["ok", "drift"])

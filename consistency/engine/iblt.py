@@ -18,9 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-K = 3  # cells per item: one in each of K sub-tables
-MAX_CELLS = 1 << 16  # per sub-table of a first scan's table: 3 MB, decodes ~150,000 differing rows
-RETRY_CELLS = 1 << 17  # per sub-table when a retry splits a large drift into partitions
+from consistency.engine.ibltsize import K, size_for
+
 _MIX = (
     np.uint64(0x9E3779B97F4A7C15),
     np.uint64(0xC2B2AE3D27D4EB4F),
@@ -61,24 +60,12 @@ class IBLT:
     def __init__(self, cells: int) -> None:
         # A power of two per sub-table, at most 2**21, so that the K indexes are
         # three 21-bit slices of one mixed hash.
-        self.m = self.size_for(cells)
+        self.m = size_for(cells)
         self.bits = self.m.bit_length() - 1
         size = K * self.m
         self.fp = np.zeros(size, dtype=np.uint64)
         self.check = np.zeros(size, dtype=np.uint64)
         self.items = 0
-
-    @staticmethod
-    def size_for(cells: int) -> int:
-        """The sub-table size a table asked for ``cells`` gets."""
-        return 1 << min(21, max(6, int(cells - 1).bit_length()))
-
-    @classmethod
-    def cells_for_rows(cls, rows: int) -> int:
-        """Sub-table size for a first scan of ``rows``: decodes drift of about 5% of the rows."""
-        from consistency.conf import app_settings
-
-        return min(MAX_CELLS, max(app_settings.IBLT_MIN_CELLS, rows // 48))
 
     def _indexes(self, mixed: np.ndarray) -> list[np.ndarray]:
         mask = np.uint64(self.m - 1)

@@ -248,7 +248,7 @@ def write_counters(side: RowSide) -> list[int] | None:
 
 def _identity(side: RowSide, cells: int) -> dict[str, Any]:
     """What the cache must match: database, table storage, fingerprint SQL, table and locator sizes."""
-    from consistency.engine.iblt import IBLT
+    from consistency.engine.ibltsize import size_for
 
     with side.connection.cursor() as cursor:
         cursor.execute(
@@ -264,6 +264,6 @@ def _identity(side: RowSide, cells: int) -> dict[str, Any]:
         "database": [int(db_oid), str(name)],
         "table": [int(table_oid), int(filenode), side.regclass],
         "fp_sql": sql,
-        "cells": IBLT.size_for(cells),
+        "cells": size_for(cells),
         "locator_size": side.locator_size,
     }

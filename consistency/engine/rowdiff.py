@@ -33,7 +33,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -127,16 +127,19 @@ class _Order:
     Each side runs in its own thread and holds its connection until the other side's scan
     is done. If two audits could each hold one alias while waiting for the other, a small
     pool would deadlock them until its timeout; taken in a fixed order, an audit holding
-    its second alias already holds its first, so one audit always completes.
+    its second alias already holds its first, so one audit always completes. Unless both
+    aliases are pooled, no audit can wait for one while holding the other, and both sides
+    connect at once.
     """
 
     def __init__(self, source: RowSide, target: RowSide) -> None:
         self.first = 0 if (source.alias, 0) <= (target.alias, 1) else 1
+        self.pooled = all(getattr(connections[s.alias], "pool", None) is not None for s in (source, target))
         self.taken: list[Future[int]] = [Future(), Future()]
 
     def take(self, index: int, side: RowSide) -> None:
         """Wait for the side before this one to hold its connection, then take ours."""
-        if index != self.first:
+        if index != self.first and self.pooled:
             self.taken[1 - index].result()
         side.connection.ensure_connection()
 
@@ -535,7 +538,7 @@ def _side(
 ) -> dict[str, Row]:
     """One side, in its own thread: scan into IBLTs and spill files, report, wait for the
     fingerprints to fetch, fetch them in the same snapshot; return the fetched rows by key."""
-    from consistency.engine.iblt import IBLT
+    from consistency.engine.ibltsize import cells_for_rows
     from consistency.engine.rangecache import SideCache, StaleCache, write_counters
 
     parts: list[_Part] = []
@@ -544,7 +547,7 @@ def _side(
     try:
         order.take(index, side)
         with side.snapshot():
-            cells = IBLT.cells_for_rows(order.estimates(index, side))
+            cells = cells_for_rows(order.estimates(index, side))
             counters = None
             if cache_key and side.dialect == "sql" and since is None:
                 cache = SideCache.open(cache_key, index, side, cells)
@@ -606,7 +609,7 @@ def _decode(a: _Scanned, b: _Scanned, stats: RowDiffStats) -> tuple[list[int], l
     spill files are read again into tables sized for that, split into
     fingerprint partitions (a batch of partitions per pass over the files).
     """
-    from consistency.engine.iblt import RETRY_CELLS, K
+    from consistency.engine.ibltsize import RETRY_CELLS, K
 
     stats.segments = 1
     diff = a.table.subtract(b.table)
@@ -674,6 +677,11 @@ def _scan(
             pool.submit(_side, side, i, order, since, progress, scanned[i], wanted[i], cache_key, totals[i])
             for i, side in enumerate((source, target))
         ]
+        # The sides' first queries need no NumPy: it loads here once both hold their
+        # connections (connecting is Python work too), while the databases read.
+        wait(order.taken)
+        import consistency.engine.iblt  # noqa: F401
+
         try:
             a, b = scanned[0].result(), scanned[1].result()
             stats.source_rows, stats.target_rows = a.rows, b.rows
