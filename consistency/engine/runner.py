@@ -185,7 +185,9 @@ def _record(run: AuditRun, decl: Declaration, result: CheckResult, *, incrementa
             gone = Drift.objects.filter(check_name=decl.name).exclude(
                 status__in=[Drift.Status.RESOLVED, Drift.Status.REPAIRED]
             )
-            stale = [d.pk for d in gone.only("pk", "kind", "key") if (d.key, d.kind) not in found]
+            stale = [
+                pk for pk, key, kind in gone.values_list("pk", "key", "kind") if (key, kind) not in found
+            ]
             Drift.objects.filter(pk__in=stale).update(status=Drift.Status.RESOLVED, resolved_at=now)
 
 
@@ -202,28 +204,25 @@ def _fold_existing(
     """
     if records is None:
         keys = sorted({key for key, _ in found})
-        batches = (keys[i : i + 1000] for i in range(0, len(keys), 1000))
-        candidates = [
-            drift
-            for batch in batches
-            for drift in Drift.objects.filter(check_name=decl.name, key__in=batch).only(
-                "pk", "key", "kind", *_CONTENT_FIELDS
-            )
-        ]
+        records = Drift.objects.filter(check_name=decl.name)
+        batches = [records.filter(key__in=keys[i : i + 1000]) for i in range(0, len(keys), 1000)]
     else:
-        candidates = list(records.only("pk", "key", "kind", *_CONTENT_FIELDS))
+        batches = [records]
     matched: dict[tuple[str, str], int] = {}
     rewritten: list[Drift] = []
-    for drift in candidates:
-        content = found.get((drift.key, drift.kind))
-        if content is None:
-            continue
-        matched[(drift.key, drift.kind)] = drift.pk
-        # Compared as stored: JSON has no tuples and only string object keys.
-        if any(getattr(drift, name) != json.loads(json.dumps(value)) for name, value in content.items()):
-            for name, value in content.items():
-                setattr(drift, name, value)
-            rewritten.append(drift)
+    # Plain rows, not model instances: a steady audit reads back every drift it sees again.
+    for batch in batches:
+        for pk, key, kind, *stored in batch.values_list("pk", "key", "kind", *_CONTENT_FIELDS):
+            content = found.get((key, kind))
+            if content is None:
+                continue
+            matched[(key, kind)] = pk
+            # Compared as stored: JSON has no tuples and only string object keys.
+            if any(
+                old != json.loads(json.dumps(content[name]))
+                for name, old in zip(_CONTENT_FIELDS, stored, strict=True)
+            ):
+                rewritten.append(Drift(pk=pk, **content))
     Drift.objects.bulk_update(rewritten, _CONTENT_FIELDS, batch_size=500)
     return matched
 
