@@ -3,6 +3,7 @@ or BENCH_AUTH_DB and BENCH_BACKEND_DB)."""
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import subprocess
@@ -115,3 +116,11 @@ def run_timed(cmd: list[str], env: dict[str, str] | None = None) -> Timed:
 
 def peak_mb_self() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def write_result(kind: str, result: Any) -> Path:
+    """Write one run's figures to ``bench/results/<kind>-<date>.json``; return the path."""
+    out = ROOT / "bench" / "results" / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(result, indent=1, default=str) + "\n")
+    return out

@@ -20,7 +20,6 @@ injected for the measurement and undone after it.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import re
@@ -40,7 +39,7 @@ os.environ.setdefault("BENCH_BACKEND_DB", "bench_fanout_backend")
 sys.path[:0] = [str(BENCH), str(ROOT)]
 
 import datagen  # noqa: E402
-from common import AUTH_URL, BACKEND_URL, PYTHON, both, connect, run_timed  # noqa: E402
+from common import AUTH_URL, BACKEND_URL, PYTHON, both, connect, run_timed, write_result  # noqa: E402
 
 WORKER = (
     "--pool",
@@ -220,8 +219,7 @@ def main() -> None:
     result["median_seconds"] = median
     result["speedup_2_over_1"] = round(median["1_worker"] / median["2_worker"], 2)
     result["load_after"] = load()
-    out = BENCH / "results" / f"fanout-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = write_result("fanout", result)
 
     print(
         f"full audit of {args.rows:,} rows a side, 300 drifted, {args.segments} segments a side, settle 0 s"

@@ -17,7 +17,7 @@ from typing import Any
 
 import datagen
 import numpy as np
-from common import FIELDS, PYTHON, ROW, SIDES, both, connect, peak_mb_self, run_timed
+from common import FIELDS, PYTHON, ROW, SIDES, both, connect, peak_mb_self, run_timed, write_result
 from streams import agg_chunks, copy_rows
 
 FP = f"hashtextextended(id || chr(31) || {FIELDS}, 0)"
@@ -217,8 +217,7 @@ def main() -> None:
                 print(f"{name:5} {PROBES[name][0]:52} {secs:>16} {ratio} {peak:8.0f}  {runs[-1]['result']}")
         finally:
             datagen.restore_drift(rows)
-    out = datagen.ROOT / "bench" / "results" / f"probes-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps(report, indent=1))
+    out = write_result("probes", report)
     print(f"\nwritten {out}")
 
 

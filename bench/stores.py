@@ -31,11 +31,10 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from common import PG, PYTHON, ROOT, connect, refill, run_timed
+from common import PG, PYTHON, ROOT, connect, refill, run_timed, write_result
 
 sys.path.insert(0, str(ROOT))
 
@@ -501,8 +500,7 @@ def main() -> None:
         if b.milvus_proc is not None:
             b.milvus_proc.terminate()
             b.milvus_proc.wait()
-    path = Path(ROOT / "bench" / "results" / f"stores-{dt.datetime.now():%Y%m%d-%H%M%S}.json")
-    path.write_text(json.dumps(results, indent=2, default=str))
+    path = write_result("stores", results)
     print(f"results: {path.relative_to(ROOT)}")
 
 
