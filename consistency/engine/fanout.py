@@ -75,8 +75,9 @@ class SegmentFailed(RuntimeError):
 
 
 def fan_out(decl: Declaration, *, min_rows: int | None = None, segments: int | None = None) -> Declaration:
-    """``decl`` as a fanned-out check when it is a row parity between PostgreSQL 14+ databases
-    with at least ``min_rows`` (``FANOUT_ROWS``) rows on its larger side; else ``decl`` itself."""
+    """``decl`` as a fanned-out check when it is a row parity between PostgreSQL databases
+    (14+, as Django 5.2 requires: TID range scans) with at least ``min_rows`` (``FANOUT_ROWS``)
+    rows on its larger side; else ``decl`` itself."""
     from consistency.fanout_tasks import audit_segment
 
     if type(decl) is not RowParity or audit_segment.app.conf.task_always_eager:
@@ -86,7 +87,7 @@ def fan_out(decl: Declaration, *, min_rows: int | None = None, segments: int | N
         return decl  # fan-out switched off
     try:
         source, target = make_sides(bind_row_parity(decl))
-        if source.dialect != "sql" or min(s.connection.pg_version for s in (source, target)) < 140000:  # type: ignore[attr-defined]
+        if source.dialect != "sql":
             return decl
         if max(source.estimate_rows(), target.estimate_rows()) < threshold:
             return decl

@@ -162,15 +162,12 @@ class RowSide:
     def aggregate(self, since: dt.datetime | None = None) -> tuple[int, int]:
         """(rows, XOR of fingerprints), computed by the database in one scan (SQL dialect).
 
-        Keys are unique, so the XOR of the rows' fingerprints is a set digest; on
-        bigint ``bit_xor`` (PostgreSQL 14+) is cheaper than ``sum``, which widens to
-        numeric. PostgreSQL runs it as one parallel aggregate, like the floor.
+        Keys are unique, so the XOR of the rows' fingerprints is a set digest; on bigint
+        ``bit_xor`` is cheaper than ``sum``, which widens to numeric. PostgreSQL runs it as
+        one parallel aggregate, like the floor.
         """
         where, params = self._since_sql(since)
-        if self.connection.pg_version >= 140000:  # type: ignore[attr-defined]
-            digest = f"COALESCE(bit_xor({self.fp_sql()}), 0)"
-        else:
-            digest = f"COALESCE(sum({self.fp_sql()}::numeric) %% 18446744073709551616, 0)"
+        digest = f"COALESCE(bit_xor({self.fp_sql()}), 0)"
         with self.connection.cursor() as cursor:
             cursor.execute(f"SELECT count(*), {digest} FROM {self.table}{where}", params)
             rows, value = cursor.fetchone()
@@ -235,12 +232,13 @@ class RowSide:
     def plan(self, since: dt.datetime | None = None, starts: Sequence[int] | None = None) -> ScanPlan:
         """How to scan this side (SQL dialect, inside ``snapshot()``).
 
-        A full scan on PostgreSQL 14+ is cut into TID ranges of about ``UNIT_ROWS``
-        rows, read by as many connections as PostgreSQL would give one parallel
-        query on this table (``max_parallel_workers_per_gather`` and the table's
-        size, as the planner reckons them), all on one exported snapshot. Rows
-        changed since a time (or any PostgreSQL before 14) are one query the
-        planner can run on the updated-at index, its output split into groups.
+        A full scan is cut into TID ranges of about ``UNIT_ROWS`` rows (TID Range
+        Scans: PostgreSQL 14, the oldest Django 5.2 connects to), read by as many
+        connections as PostgreSQL would give one parallel query on this table
+        (``max_parallel_workers_per_gather`` and the table's size, as the planner
+        reckons them), all on one exported snapshot. Rows changed since a time are
+        one query the planner can run on the updated-at index, its output split
+        into groups.
         """
         with self.connection.cursor() as cursor:
             cursor.execute(
@@ -253,7 +251,7 @@ class RowSide:
                 [self.regclass],  # quoted: regclass parses identifier syntax (case, blanks, quotes)
             )
             blocks, tuples, max_workers, min_blocks = cursor.fetchone()
-        if since is not None or self.connection.pg_version < 140000:  # type: ignore[attr-defined]
+        if since is not None:
             where, params = self._since_sql(since)
             groups = 1 << max(0, (max(tuples, 1) // 500_000).bit_length())
             sql = f"{self.packed_sql(where, ' OFFSET 0')} GROUP BY f & {groups - 1}"
