@@ -113,6 +113,22 @@ def check_cache_backend(app_configs: Any = None, **kwargs: Any) -> list[CheckMes
     ]
 
 
+@register()
+def check_app_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """consistency.E004: every key of ``CONSISTENCY`` is one this app reads, with a usable value."""
+    from consistency.conf import problems
+
+    return [
+        Error(
+            msg,
+            hint="The CONSISTENCY table in the README lists each key.",
+            obj="CONSISTENCY",
+            id="consistency.E004",
+        )
+        for msg in problems()
+    ]
+
+
 @register(Tags.compatibility)
 def check_beat_scheduler(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """consistency.W001: scheduled audits need Celery beat's database scheduler."""

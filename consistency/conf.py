@@ -6,7 +6,13 @@ Read it as ``from consistency.conf import app_settings``; like DRF's
 
 from __future__ import annotations
 
+import difflib
+import math
+import os
+import re
+from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.signals import setting_changed
@@ -77,6 +83,102 @@ DEFAULTS: dict[str, Any] = {
         r"@placeholder\.",
     ),
 }
+
+
+def _whole(minimum: int) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= minimum
+
+
+def _seconds(*, positive: bool) -> Callable[[Any], bool]:
+    def check(v: Any) -> bool:
+        number = isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+        return number and (v > 0 if positive else v >= 0)
+
+    return check
+
+
+def _texts(v: Any) -> bool:
+    return isinstance(v, list | tuple | set | frozenset) and all(isinstance(x, str) for x in v)
+
+
+def _name(v: Any) -> bool:
+    return isinstance(v, str) and v.strip() != ""
+
+
+def _http_url(v: Any) -> bool:
+    return isinstance(v, str) and urlsplit(v).scheme in ("http", "https") and bool(urlsplit(v).netloc)
+
+
+def _optional(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda v: v is None or check(v)
+
+
+def _patterns(v: Any) -> bool:
+    if not _texts(v):
+        return False
+    try:
+        for pattern in v:
+            re.compile(pattern)
+    except re.error:
+        return False
+    return True
+
+
+# What each setting must hold, and how to say so.
+RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "EMBEDDING_DIM": (_whole(1), "a whole number >= 1"),
+    "CLICKHOUSE_DATABASE": (_optional(_name), "None or a database name"),
+    "MILVUS_COLLECTION": (_name, "a collection name"),
+    "CACHE_TTL": (_whole(1), "a whole number of seconds >= 1"),
+    "SECRET_FIELDS": (_texts, "a list of field names"),
+    "IBLT_MIN_CELLS": (_whole(1), "a whole number >= 1"),
+    "SETTLE_SECONDS": (_seconds(positive=False), "a finite number of seconds >= 0"),
+    "INCREMENTAL_MARGIN_SECONDS": (_seconds(positive=False), "a finite number of seconds >= 0"),
+    "SCHEDULED_AUDITS": (lambda v: isinstance(v, bool), "True or False"),
+    "SYNC_DELETE": (lambda v: v in ("delete", "deactivate"), "'delete' or 'deactivate'"),
+    "SYNC_BATCH_SIZE": (_whole(1), "a whole number >= 1"),
+    "ANALYTICS_BATCH_SIZE": (_whole(1), "a whole number >= 1"),
+    "CACHE_VERSION_TTL": (_whole(1), "a whole number of seconds >= 1"),
+    "AUDIT_LOCK_SECONDS": (_whole(1), "a whole number of seconds >= 1"),
+    "FANOUT_ROWS": (_optional(_whole(0)), "None or a whole number >= 0"),
+    "FANOUT_MIN_WORKERS": (_whole(1), "a whole number >= 1"),
+    "FANOUT_SEGMENTS": (_whole(1), "a whole number >= 1"),
+    "FANOUT_LEASE_SECONDS": (_seconds(positive=True), "a finite number of seconds > 0"),
+    "ALERT_EMAILS": (_texts, "a list of addresses"),
+    "ALERT_WEBHOOK_URL": (_optional(_http_url), "None or an http(s) URL"),
+    "ALERT_WEBHOOK_TIMEOUT": (_seconds(positive=True), "a finite number of seconds > 0"),
+    "PLACEHOLDER_EMAIL_PATTERNS": (_patterns, "a list of regular expressions Python's re compiles"),
+    # Not in DEFAULTS: engine/rangecache.cache_root reads it, its default under VAR_DIR.
+    "RANGE_CACHE_DIR": (
+        lambda v: v is None or v == "" or isinstance(v, str | os.PathLike),
+        "None (off) or a directory",
+    ),
+}
+
+
+def problems() -> list[str]:
+    """What is wrong with ``settings.CONSISTENCY``, one message a key: a key this app does not
+    read (a typo would otherwise be ignored), or a value it cannot use. URL credentials masked."""
+    from consistency.engine.redact import mask_urls
+
+    config = getattr(settings, "CONSISTENCY", None)
+    if config is None:
+        return []
+    if not isinstance(config, dict):
+        return [f"settings.CONSISTENCY is a {type(config).__name__}: expected a dict of settings"]
+    found = []
+    for key, value in config.items():
+        if key not in RULES:
+            near = difflib.get_close_matches(str(key), RULES, n=1)
+            guess = f" (did you mean {near[0]!r}?)" if near else ""
+            found.append(f"CONSISTENCY[{key!r}] is not a setting of this app{guess}")
+            continue
+        valid, expected = RULES[key]
+        if not valid(value):
+            shown = mask_urls(repr(value))
+            shown = shown if len(shown) <= 80 else shown[:77] + "..."
+            found.append(f"CONSISTENCY[{key!r}] is {shown}: expected {expected}")
+    return found
 
 
 class AppSettings:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from django.core.checks import run_checks
 from django.core.management import call_command
 from django.db import connections
 from django.db.migrations.executor import MigrationExecutor
+from django.test import override_settings
 from pytest_django.fixtures import Settings as SettingsWrapper
 
 from consistency import checks
@@ -106,6 +108,62 @@ def test_e003__fires_when_a_redis_declaration_meets_another_cache(
     assert ids(errors) == ["consistency.E003"]
     assert "t_redis_probe" in errors[0].msg
     assert "REDIS_URL" in str(errors[0].hint)
+
+
+# --- E004: the CONSISTENCY settings ----------------------------------------------
+
+
+def test_e004__quiet_on_the_project_settings_and_every_default() -> None:
+    from consistency.conf import DEFAULTS
+
+    assert checks.check_app_settings() == []
+    with override_settings(CONSISTENCY=dict(DEFAULTS)):
+        assert checks.check_app_settings() == []
+
+
+def test_e004__names_a_key_the_app_does_not_read_and_the_one_meant(settings: SettingsWrapper) -> None:
+    settings.CONSISTENCY = {"SETLE_SECONDS": 0, "RANGE_CACHE_DIR": None}
+    errors = checks.check_app_settings()
+    assert ids(errors) == ["consistency.E004"]
+    assert (
+        errors[0].msg
+        == "CONSISTENCY['SETLE_SECONDS'] is not a setting of this app (did you mean 'SETTLE_SECONDS'?)"
+    )
+    assert errors[0].hint
+
+
+def test_e004__names_each_unusable_value_and_never_shows_url_credentials(settings: SettingsWrapper) -> None:
+    settings.CONSISTENCY = {
+        "SETTLE_SECONDS": float("nan"),
+        "FANOUT_SEGMENTS": 0,
+        "FANOUT_ROWS": None,  # fine: never fan out
+        "SYNC_DELETE": "drop",
+        "SCHEDULED_AUDITS": "yes",
+        "PLACEHOLDER_EMAIL_PATTERNS": [r"@example\.com$", "(unclosed"],
+        "ALERT_WEBHOOK_URL": "ftp://ops:s3cret@hooks.internal/drift",
+        "SECRET_FIELDS": "password",
+    }
+    messages = [e.msg for e in checks.check_app_settings()]
+    named = sorted(re.match(r"CONSISTENCY\['(\w+)'\]", m).group(1) for m in messages)  # type: ignore[union-attr]
+    assert named == [
+        "ALERT_WEBHOOK_URL",
+        "FANOUT_SEGMENTS",
+        "PLACEHOLDER_EMAIL_PATTERNS",
+        "SCHEDULED_AUDITS",
+        "SECRET_FIELDS",
+        "SETTLE_SECONDS",
+        "SYNC_DELETE",
+    ]
+    assert "CONSISTENCY['SYNC_DELETE'] is 'drop': expected 'delete' or 'deactivate'" in messages
+    assert not any("s3cret" in m for m in messages)
+    assert any("ftp://ops:***@hooks.internal/drift" in m for m in messages)
+
+
+def test_e004__settings_that_are_not_a_dict(settings: SettingsWrapper) -> None:
+    settings.CONSISTENCY = [("SETTLE_SECONDS", 0)]
+    assert [e.msg for e in checks.check_app_settings()] == [
+        "settings.CONSISTENCY is a list: expected a dict of settings"
+    ]
 
 
 # --- W001: the beat scheduler ----------------------------------------------------

@@ -20,7 +20,7 @@ from consistency.auth_service.models import AuthUser
 from consistency.backend.models import Thread, User
 from consistency.engine.declarations import ReferenceParity, Repair, RowParity, Side
 from consistency.engine.registry import registry
-from consistency.models import Drift
+from consistency.models import AuditRun, Drift
 from tests.reliability.conftest import command, reliability_db
 from tests.test_settings_env import GOOD, start
 
@@ -98,7 +98,9 @@ def test_command_line__bad_option_exits_2_naming_it(args: list[str], pattern: st
         (["no_such_check"], r"unknown check\(s\): no_such_check\. Known checks: .*users"),
         (["users", "users; DROP TABLE users"], r"unknown check\(s\): users; DROP TABLE users"),
         (["--tag", "no-such-tag"], r"no check matches tags \['no-such-tag'\]"),
-        (["users", "--settle", "-1"], r"--settle must be zero or more seconds"),
+        (["users", "--settle", "-1"], r"--settle must be a finite number of seconds, zero or more"),
+        (["users", "--settle", "nan"], r"--settle must be a finite number of seconds"),
+        (["users", "--settle", "inf"], r"--settle must be a finite number of seconds"),
         (["users", "--limit", "-1"], r"--limit"),
         (
             ["users", "--since", "tomorrow-ish"],
@@ -112,6 +114,23 @@ def test_command__bad_value_exits_2_naming_it(args: list[str], pattern: str) -> 
     code, _, message = command(*args)
     assert code == 2, message
     assert re.search(pattern, message), message
+
+
+@reliability_db
+def test_command__an_unusable_consistency_setting_exits_2_naming_it_and_records_nothing(
+    settings: Any,
+) -> None:
+    """The command skips Django's system checks, so it checks its settings itself (consistency.E004)."""
+    settings.CONSISTENCY = {**settings.CONSISTENCY, "SETTLE_SECONDS": float("inf"), "SETLE_SECONDS": 1}
+    before = AuditRun.objects.count()
+    code, out, message = command("users")
+    assert code == 2, message
+    assert "CONSISTENCY['SETTLE_SECONDS'] is inf: expected a finite number of seconds >= 0" in message
+    assert (
+        "CONSISTENCY['SETLE_SECONDS'] is not a setting of this app (did you mean 'SETTLE_SECONDS'?)"
+        in message
+    )
+    assert (out, AuditRun.objects.count()) == ("", before)
 
 
 # -- the environment -----------------------------------------------------------

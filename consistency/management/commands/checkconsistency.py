@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import getpass
+import math
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -12,6 +13,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError
 from django.utils.dateparse import parse_datetime
 
+from consistency.conf import problems
 from consistency.engine import repair as repairs
 from consistency.engine.declarations import Declaration, DeclarationError, Severity
 from consistency.engine.findings import CheckResult
@@ -73,8 +75,12 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         if options["execute"] and not options["repair"]:
             raise CommandError("--execute goes with --repair", returncode=2)
-        if options["settle"] is not None and options["settle"] < 0:
-            raise CommandError("--settle must be zero or more seconds", returncode=2)
+        if options["settle"] is not None and not (
+            math.isfinite(options["settle"]) and options["settle"] >= 0
+        ):
+            raise CommandError("--settle must be a finite number of seconds, zero or more", returncode=2)
+        if found := problems():  # the command skips Django's system checks (consistency.E004)
+            raise CommandError("invalid settings: " + "; ".join(found), returncode=2)
         if options["limit"] is not None and options["limit"] < 0:
             raise CommandError("--limit must be zero or more drifts", returncode=2)
         try:
