@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 
 DEFAULTS: dict[str, Any] = {
@@ -156,28 +157,44 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 
+def _invalid(key: str, value: Any) -> str | None:
+    """Why ``CONSISTENCY[key]`` cannot be ``value``, or None when it can."""
+    from consistency.engine.redact import mask_urls
+
+    valid, expected = RULES[key]
+    if valid(value):
+        return None
+    shown = mask_urls(repr(value))
+    shown = shown if len(shown) <= 80 else shown[:77] + "..."
+    return f"CONSISTENCY[{key!r}] is {shown}: expected {expected}"
+
+
+def _configured() -> dict[str, Any]:
+    config = getattr(settings, "CONSISTENCY", None)
+    if config is None:
+        return {}
+    if not isinstance(config, dict):
+        raise ImproperlyConfigured(
+            f"settings.CONSISTENCY is a {type(config).__name__}: expected a dict of settings"
+        )
+    return config
+
+
 def problems() -> list[str]:
     """What is wrong with ``settings.CONSISTENCY``, one message a key: a key this app does not
     read (a typo would otherwise be ignored), or a value it cannot use. URL credentials masked."""
-    from consistency.engine.redact import mask_urls
-
-    config = getattr(settings, "CONSISTENCY", None)
-    if config is None:
-        return []
-    if not isinstance(config, dict):
-        return [f"settings.CONSISTENCY is a {type(config).__name__}: expected a dict of settings"]
+    try:
+        config = _configured()
+    except ImproperlyConfigured as exc:
+        return [str(exc)]
     found = []
     for key, value in config.items():
         if key not in RULES:
             near = difflib.get_close_matches(str(key), RULES, n=1)
             guess = f" (did you mean {near[0]!r}?)" if near else ""
             found.append(f"CONSISTENCY[{key!r}] is not a setting of this app{guess}")
-            continue
-        valid, expected = RULES[key]
-        if not valid(value):
-            shown = mask_urls(repr(value))
-            shown = shown if len(shown) <= 80 else shown[:77] + "..."
-            found.append(f"CONSISTENCY[{key!r}] is {shown}: expected {expected}")
+        elif message := _invalid(key, value):
+            found.append(message)
     return found
 
 
@@ -191,8 +208,10 @@ class AppSettings:
         if name not in DEFAULTS:
             raise AttributeError(f"Unknown CONSISTENCY setting: {name!r}")
         if name not in self._cache:
-            user = getattr(settings, "CONSISTENCY", {}) or {}
-            self._cache[name] = user.get(name, DEFAULTS[name])
+            value = _configured().get(name, DEFAULTS[name])
+            if message := _invalid(name, value):
+                raise ImproperlyConfigured(message)  # e.g. in a Celery task: the run fails naming it
+            self._cache[name] = value
         return self._cache[name]
 
     def reload(self) -> None:

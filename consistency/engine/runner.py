@@ -98,8 +98,10 @@ def run_audit(
     results: list[CheckResult] = []
     for decl in declarations:
         began = time.monotonic()
-        since = resolve_since(decl, options.since)
+        since = None
         try:
+            # Inside the try: its watermark query and margin setting can fail like the check.
+            since = resolve_since(decl, options.since)
             ctx = AuditContext(
                 started_at=run.started_at,
                 settle=settle,

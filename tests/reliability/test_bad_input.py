@@ -133,6 +133,22 @@ def test_command__an_unusable_consistency_setting_exits_2_naming_it_and_records_
     assert (out, AuditRun.objects.count()) == ("", before)
 
 
+@reliability_db
+def test_audit__a_setting_read_mid_run_fails_the_check_naming_it(settings: Any) -> None:
+    """Outside the command (a Celery task, the admin) nothing checks the settings first: the
+    value is checked when read, and the run ends failed, never running or clean."""
+    from consistency.engine.runner import AuditOptions, run_audit
+
+    run_audit([registry.get("users")], AuditOptions(settle=0))  # a watermark for --since last
+    settings.CONSISTENCY = {**settings.CONSISTENCY, "INCREMENTAL_MARGIN_SECONDS": -60}
+    run, results = run_audit([registry.get("users")], AuditOptions(settle=0, since="last"))
+    assert (run.status, results[0].status) == ("error", "error")
+    assert (
+        "CONSISTENCY['INCREMENTAL_MARGIN_SECONDS'] is -60: expected a finite number of seconds >= 0"
+        in run.error
+    )
+
+
 # -- the environment -----------------------------------------------------------
 
 
