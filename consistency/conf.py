@@ -136,7 +136,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "SETTLE_SECONDS": (_seconds(positive=False), "a finite number of seconds >= 0"),
     "INCREMENTAL_MARGIN_SECONDS": (_seconds(positive=False), "a finite number of seconds >= 0"),
     "SCHEDULED_AUDITS": (lambda v: isinstance(v, bool), "True or False"),
-    "SYNC_DELETE": (lambda v: v in ("delete", "deactivate"), "'delete' or 'deactivate'"),
+    "SYNC_DELETE": (lambda v: v in ("delete", "deactivate"), "one of 'delete', 'deactivate'"),
     "SYNC_BATCH_SIZE": (_whole(1), "a whole number >= 1"),
     "ANALYTICS_BATCH_SIZE": (_whole(1), "a whole number >= 1"),
     "CACHE_VERSION_TTL": (_whole(1), "a whole number of seconds >= 1"),

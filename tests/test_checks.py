@@ -154,7 +154,7 @@ def test_e004__names_each_unusable_value_and_never_shows_url_credentials(setting
         "SETTLE_SECONDS",
         "SYNC_DELETE",
     ]
-    assert "CONSISTENCY['SYNC_DELETE'] is 'drop': expected 'delete' or 'deactivate'" in messages
+    assert "CONSISTENCY['SYNC_DELETE'] is 'drop': expected one of 'delete', 'deactivate'" in messages
     assert not any("s3cret" in m for m in messages)
     assert any("ftp://ops:***@hooks.internal/drift" in m for m in messages)
 

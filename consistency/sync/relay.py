@@ -23,7 +23,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, connections, transaction
 from django.db.models import F
 from django.utils import timezone
@@ -39,9 +38,6 @@ from consistency.sync.outbox import AUTH_ALIAS
 
 logger = logging.getLogger("consistency.sync.relay")
 BACKEND_ALIAS = "default"
-# What a relayed delete does to the backend user. "deactivate" keeps the row (is_active false),
-# which the `users` check then reports as `extra`: auth no longer has that user.
-DELETE_MODES = ("delete", "deactivate")
 
 
 @dataclass(frozen=True)
@@ -69,10 +65,9 @@ def _user_fields(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 def _apply_deletes(user_ids: list[str]) -> None:
-    """``SYNC_DELETE``: remove the backend users, or deactivate them."""
-    mode = sync_setting("SYNC_DELETE")
-    if mode not in DELETE_MODES:
-        raise ImproperlyConfigured(f"CONSISTENCY['SYNC_DELETE'] is {mode!r}; expected one of {DELETE_MODES}")
+    """``SYNC_DELETE``: remove the backend users, or deactivate them ("deactivate" keeps the row,
+    is_active false, which the ``users`` check then reports as ``extra``: auth no longer has it)."""
+    mode = sync_setting("SYNC_DELETE")  # checked when read (consistency.conf.RULES)
     users = User.objects.using(BACKEND_ALIAS).filter(pk__in=user_ids)
     if mode == "deactivate":
         users.update(is_active=False, updated_at=timezone.now())
