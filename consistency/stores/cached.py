@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import threading
 from collections.abc import Callable, Hashable
 from typing import Any, Generic, Protocol, TypeVar
@@ -26,6 +27,9 @@ class CachedStore(Generic[S]):
         self._lock = threading.Lock()
         self._cached: tuple[Any, S] | None = None
         setting_changed.connect(self._changed, weak=False)
+        # Closed at exit, not left to garbage collection (which manage.py skips: gc.freeze), so
+        # that chDB shuts its engine down before the library's own destructors run.
+        atexit.register(self.close)
 
     def get(self) -> S:
         key = self._key()
