@@ -159,11 +159,11 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
 
 def _invalid(key: str, value: Any) -> str | None:
     """Why ``CONSISTENCY[key]`` cannot be ``value``, or None when it can."""
-    from consistency.engine.redact import mask_urls
-
     valid, expected = RULES[key]
     if valid(value):
         return None
+    from consistency.engine.redact import mask_urls
+
     shown = mask_urls(repr(value))
     shown = shown if len(shown) <= 80 else shown[:77] + "..."
     return f"CONSISTENCY[{key!r}] is {shown}: expected {expected}"
