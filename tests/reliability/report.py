@@ -183,6 +183,14 @@ ROWS: list[tuple[str, str, str, str, str, str]] = [
     ),
     (
         "test_bad_input",
+        "test_celery__a_misspelt_consistency_key",
+        "bad input",
+        "a misspelt `CONSISTENCY` key in the settings of a Celery worker and of beat (Celery runs no Django system check)",
+        "each refuses to start (non-zero exit) naming the key and the key meant",
+        "-",
+    ),
+    (
+        "test_bad_input",
         "test_audit__a_setting_read_mid_run",
         "bad input",
         "a `CONSISTENCY` value the engine cannot use (a negative incremental margin), read mid-audit where no check ran first (as in a Celery task)",

@@ -149,6 +149,37 @@ def test_audit__a_setting_read_mid_run_fails_the_check_naming_it(settings: Any) 
     )
 
 
+@pytest.mark.parametrize("service", ["worker", "beat"])
+def test_celery__a_misspelt_consistency_key_stops_the_worker_and_beat_naming_it(
+    service: str, tmp_path: Path
+) -> None:
+    """Celery runs no Django system check; the worker and beat check consistency.E004 at start."""
+    (tmp_path / "misspelt_settings.py").write_text(
+        "from tests.sync.worker_settings import *  # noqa: F403\n"
+        'CONSISTENCY = {**CONSISTENCY, "SETLE_SECONDS": 1}  # noqa: F405\n'
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)]),
+        "DJANGO_SETTINGS_MODULE": "misspelt_settings",
+    }
+    command = [sys.executable, "-m", "celery", "-A", "project", service, "--loglevel", "INFO"]
+    if service == "worker":
+        command += ["--pool", "solo", "-n", f"misspelt-{os.getpid()}@localhost", "--without-mingle"]
+    else:
+        # The file scheduler: the database one would want the test database before beat_init.
+        command += ["--scheduler", "celery.beat:PersistentScheduler", "--schedule", str(tmp_path / "s")]
+    try:
+        result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=90)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"celery {service} kept running with a misspelt setting: {exc.stderr!r}")
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert (
+        "CONSISTENCY['SETLE_SECONDS'] is not a setting of this app (did you mean 'SETTLE_SECONDS'?)" in output
+    )
+
+
 # -- the environment -----------------------------------------------------------
 
 
