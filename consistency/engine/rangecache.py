@@ -1,21 +1,42 @@
-"""What a full row-parity scan of one side leaves behind, so that the next one re-reads only what changed.
+"""What a row parity audit leaves behind, so that the next one re-reads only what changed.
 
-A full scan of a PostgreSQL side reads it in TID ranges (``RowSide.plan``). The side's
-cache keeps, per range, its rows and the XOR of their fingerprints (its digest), plus
-the side's (fingerprint, TID) records in range order and its IBLT. The next full audit
-of the check asks PostgreSQL only for each range's (rows, digest), one aggregate scan
-of the side, and streams only the ranges whose digest moved: the side's IBLT is the
-cached one minus those ranges' old records plus their new ones, and the records are
-rewritten with the new ranges in place. Ranges whose digest did not move are taken as
-they were (a 64-bit XOR and a count, the same trust the plain aggregate pass puts in
-one digest of the whole table).
+Two things per check and side, in one directory:
 
-Each cache also keeps the table's write counters (``pg_stat_get_tuples_inserted``, ``_updated``,
-``_deleted``) as they were when it was written. When they have not moved since, the side is
-most likely unchanged, and one plain aggregate of the side (a parallel scan, the cost of the
-floor) confirms it against the cache's totals: the per-range digests, which cost more, are
-skipped. The counters only choose the path; the aggregate decides (they are flushed with a
-delay of up to seconds, and a reset or a no-op update only sends the audit the longer way).
+**The summary**: the side's (rows, XOR of fingerprints) as one snapshot saw them, with that
+snapshot's *mark* (its xmin and xmax as 64-bit transaction ids, the WAL timeline and
+position). Every full audit of a PostgreSQL side leaves one: the aggregate pass (the mark is
+read in the same statement), a stream or the range digests. The next audit first asks
+whether the table can have changed since (``prove_unchanged``), in one serial scan that reads
+only each row's ``xmin`` (about a third of the floor's hashing scan): every row version a
+write leaves carries its writer's transaction id, and a transaction that had not finished when
+the mark's snapshot was taken has an id at or above its xmin. So if no visible row has
+``age(xmin)`` in ``[0, age(mark.xmin)]`` and the row count is the summary's, the rows visible
+now are exactly the rows the summary's snapshot saw (none added or rewritten, the same number,
+so none removed), and the summary's totals are the side's totals without hashing a row. This is
+exact, not a guess, within the guards that keep the 32-bit ``age`` arithmetic and the history
+linear: the same database and table storage (``relfilenode``), the same fingerprint SQL and
+server version, the same WAL timeline (a failover or point-in-time recovery forks history),
+neither WAL position nor transaction ids gone backwards, and fewer than 2^30 transactions
+since the mark. Freezing keeps a row's raw ``xmin`` (PostgreSQL 9.4+), so VACUUM FREEZE does not
+void the proof; a no-op update, or a transaction still running when the mark was taken, only
+sends the audit the longer way (the aggregate). Without the privileges to read the timeline
+(``pg_control_checkpoint`` on a standby), there is no mark and no proof.
+
+**The records** of a full streaming scan (``RowSide.plan``'s TID ranges): per range its rows
+and the XOR of their fingerprints (its digest), plus the side's (fingerprint, TID) records in
+range order and its IBLT. The next audit that must scan (drift was found, or the aggregates
+disagree) takes them as they are when the side's totals, proven or aggregated, match theirs;
+otherwise it asks PostgreSQL only for each range's (rows, digest), one aggregate scan of the
+side, and streams only the ranges whose digest moved: the side's IBLT is the cached one minus
+those ranges' old records plus their new ones, and the records are rewritten with the new
+ranges in place. Ranges whose digest did not move are taken as they were (a 64-bit XOR and a
+count, the same trust the plain aggregate pass puts in one digest of the whole table).
+
+Both keep the table's write counters (``pg_stat_get_tuples_inserted``, ``_updated``,
+``_deleted``) as they were. They only choose the path: when they moved, the proof is not
+tried (it would fail); when they did not, it is, and the proof or the aggregate decides (they
+are flushed with a delay of up to seconds, and a reset or a no-op update only sends the audit
+the longer way).
 
 A cached TID can go stale while its range's digest stays put (a row moved inside its
 range without changing). Every candidate fetched by a cached TID is checked against its
@@ -24,9 +45,9 @@ scans again without it.
 
 One directory per check and side under ``CONSISTENCY["RANGE_CACHE_DIR"]`` (default
 ``VAR_DIR/rangecache``; ``None`` turns caching off), 14 bytes a row on disk, locked
-with ``flock`` while an audit uses it (a second concurrent audit of the check scans
-without the cache). It is tied to the database, the table's storage (``relfilenode``:
-TRUNCATE, VACUUM FULL, CLUSTER void it), the fingerprint SQL and the IBLT size.
+with ``flock`` while an audit uses it (a second concurrent audit of the check goes without
+it). It is tied to the database, the table's storage (``relfilenode``: TRUNCATE, VACUUM FULL,
+CLUSTER void it), the fingerprint SQL and the server's version; the records also to the IBLT size.
 """
 
 from __future__ import annotations
@@ -45,12 +66,72 @@ if TYPE_CHECKING:
     from consistency.engine.iblt import IBLT
     from consistency.engine.rowside import RowSide
 
-VERSION = 1
+VERSION = 2
 _COPY_CHUNK = 8 << 20
+# Transactions after a mark within which ``age(xmin)`` (32-bit, exact below 2^31) still tells
+# the rows written since from the rows before; with room for what runs during the proof.
+WINDOW = 1 << 30
+# The mark of the statement's snapshot: scalar subqueries (run once, by the leader, so a
+# parallel aggregate stays parallel). The timeline comes from the current WAL file's name on a
+# primary, from the last restartpoint on a standby (NULL without the right to read it).
+MARK_SQL = (
+    "(SELECT pg_current_snapshot()::text), "
+    "(SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()"
+    " ELSE pg_current_wal_lsn() END)::text), "
+    "(SELECT CASE WHEN NOT pg_is_in_recovery()"
+    " THEN ('x' || left(pg_walfile_name(pg_current_wal_lsn()), 8))::bit(32)::int"
+    " WHEN has_function_privilege('pg_control_checkpoint()', 'EXECUTE')"
+    " THEN (SELECT timeline_id FROM pg_control_checkpoint()) END)"
+)
 
 
 class StaleCache(Exception):
     """A candidate was not at its cached TID: the cache no longer describes the table."""
+
+
+@dataclass(frozen=True)
+class Mark:
+    """Where in the database's history a snapshot was: its xmin and xmax (64-bit transaction
+    ids), the WAL position and timeline when it was read."""
+
+    xmin: int
+    xmax: int
+    lsn: int
+    timeline: int
+
+    @classmethod
+    def parse(cls, snapshot: str | None, lsn: str | None, timeline: int | None) -> Mark | None:
+        """From ``MARK_SQL``'s three columns; None when one is missing (no right to read it)."""
+        if snapshot is None or lsn is None or timeline is None:
+            return None
+        xmin, xmax, _running = snapshot.split(":", 2)
+        high, low = lsn.split("/")
+        return cls(int(xmin), int(xmax), (int(high, 16) << 32) | int(low, 16), int(timeline))
+
+    def follows(self, earlier: Mark) -> bool:
+        """Whether this mark comes after ``earlier`` on one linear history, close enough for
+        ``age(xmin)``: the same timeline, neither WAL nor transaction ids gone back."""
+        return (
+            self.timeline == earlier.timeline
+            and self.lsn >= earlier.lsn
+            and self.xmax >= earlier.xmax
+            and self.xmax - earlier.xmin < WINDOW
+        )
+
+
+@dataclass(frozen=True)
+class Summary:
+    """A side's (rows, XOR of fingerprints) as the snapshot ``mark`` saw them, and its write
+    counters then."""
+
+    rows: int
+    digest: int
+    mark: Mark | None
+    counters: list[int] | None
+
+    @property
+    def totals(self) -> tuple[int, int]:
+        return self.rows, self.digest
 
 
 def cache_root() -> Path | None:
@@ -70,12 +151,6 @@ def _side_dir(root: Path, check: str, index: int, alias: str) -> Path:
     return root / f"{safe}-{digest}" / f"{index}-{re.sub(r'[^A-Za-z0-9_.-]', '_', alias)}"
 
 
-def has_cache(check: str, index: int, side: RowSide) -> bool:
-    """Whether side ``index`` of ``check`` has a cache (not yet whether it still describes the table)."""
-    root = cache_root()
-    return root is not None and (_side_dir(root, check, index, side.alias) / "index.json").exists()
-
-
 @dataclass
 class Unit:
     """One TID range: its first block, rows, digest, and where its records are (file, record offset)."""
@@ -88,21 +163,27 @@ class Unit:
 
 
 class SideCache:
-    """One side's cache directory, locked for this audit."""
+    """One side's cache directory, locked for this audit: its summary and its records."""
 
-    def __init__(self, path: Path, lock_fd: int, identity: dict[str, Any]) -> None:
+    def __init__(self, path: Path, lock_fd: int, identity: dict[str, Any], size: int | None) -> None:
         self.path, self._lock_fd, self.identity = path, lock_fd, identity
+        self._size = size  # the IBLT size this audit's records must have (None: not reading them)
+        self.summary: Summary | None = None
+        self._records: dict[str, Any] | None = None  # as stored, kept when not read
         self.units: list[Unit] = []
         self.files: list[str] = []
         self.cells = 0
-        self.counters: list[int] | None = None
-        self.valid = False
+        self.counters: list[int] | None = None  # the write counters when the records were written
+        self.valid = False  # the records describe the table as it was, in this audit's table size
 
     # -- opening ---------------------------------------------------------------------
     @classmethod
-    def open(cls, check: str, index: int, side: RowSide, cells: int) -> SideCache | None:
+    def open(cls, check: str, index: int, side: RowSide, cells: int | None = None) -> SideCache | None:
         """The cache of ``check``'s side ``index`` (0 source, 1 target), locked; None when caching
-        is off or another audit holds it. ``valid`` says whether it describes the table now."""
+        is off or another audit holds it. ``cells``: the IBLT size of a scan that would use the
+        records (``valid`` says whether they match it); without it only the summary is read."""
+        from consistency.engine.ibltsize import size_for
+
         root = cache_root()
         if root is None:
             return None
@@ -114,28 +195,55 @@ class SideCache:
         except OSError:
             os.close(fd)
             return None
-        cache = cls(path, fd, _identity(side, cells))
-        cache._load()
+        cache = cls(path, fd, _identity(side), None if cells is None else size_for(cells))
+        cache._load(side.locator_size)
         return cache
 
-    def _load(self) -> None:
+    def _load(self, locator_size: int) -> None:
         try:
             index = json.loads((self.path / "index.json").read_text())
         except (OSError, ValueError):
             return
+        if not isinstance(index, dict) or index.get("version") != VERSION:
+            return
         if index.get("identity") != self.identity:
             return
-        self.units = [Unit(**u) for u in index["units"]]
-        self.files = list(index["files"])
-        self.cells = int(index["cells"])
-        self.counters = index.get("counters")
+        try:
+            self._read(index, locator_size)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            # Not an index this code wrote: no summary, no records (the next scan rewrites it).
+            self.summary, self._records, self.units, self.files, self.valid = None, None, [], [], False
+
+    def _read(self, index: dict[str, Any], locator_size: int) -> None:
+        if summary := index.get("summary"):
+            mark = summary["mark"]
+            self.summary = Summary(
+                int(summary["rows"]),
+                int(summary["digest"]),
+                None
+                if mark is None
+                else Mark(**{k: int(mark[k]) for k in ("xmin", "xmax", "lsn", "timeline")}),
+                None if summary["counters"] is None else [int(n) for n in summary["counters"]],
+            )
+            if self.summary.mark is not None and min(asdict(self.summary.mark).values()) < 0:
+                self.summary = None
+        records = index.get("records")
+        if not records:
+            return
+        self._records = records
+        if self._size is None or (records["size"], records["locator_size"]) != (self._size, locator_size):
+            return
+        self.units = [Unit(**u) for u in records["units"]]
+        self.files = [str(name) for name in records["files"]]
+        self.cells = int(records["cells"])
+        self.counters = records["counters"]
         self.valid = bool(self.units) and all(
             (self.path / f"{name}.fps").exists() and (self.path / f"{name}.loc").exists()
             for name in self.files
         )
 
     def totals(self) -> tuple[int, int]:
-        """(rows, XOR of fingerprints) of the whole side when the cache was written."""
+        """(rows, XOR of fingerprints) of the whole side when the records were written."""
         digest = 0
         for unit in self.units:
             digest ^= unit.digest
@@ -152,6 +260,22 @@ class SideCache:
             table.check = data["check"].astype(np.uint64)
             table.items = int(data["items"])
         return table
+
+    # -- the proof -----------------------------------------------------------------------
+    def proven(self, side: RowSide, counters: list[int] | None) -> tuple[int, int] | None:
+        """The side's (rows, digest) when it provably has not changed since the summary
+        (``prove_unchanged``), else None. Not tried when the write counters moved (it would fail)."""
+        summary = self.summary
+        if summary is None or summary.mark is None:
+            return None
+        if counters is not None and summary.counters is not None and counters != summary.counters:
+            return None
+        now = prove_unchanged(side, summary)
+        if now is None:
+            return None
+        if now.xmax - summary.mark.xmin > WINDOW // 4:
+            self.note_summary(summary.totals, now, summary.counters)  # keep the mark within reach
+        return summary.totals
 
     # -- files -------------------------------------------------------------------------
     def new_file(self) -> tuple[str, Any, Any]:
@@ -180,37 +304,61 @@ class SideCache:
             handle_out.seek(0, os.SEEK_END)
 
     # -- saving ------------------------------------------------------------------------
-    def save(self, units: list[Unit], files: list[str], table: IBLT, counters: list[int] | None) -> None:
-        """Make ``units`` in ``files`` and ``table`` the cache (atomically), and drop older files.
-        ``counters`` are the table's write counters read before the scan (``write_counters``)."""
+    def save(
+        self,
+        units: list[Unit],
+        files: list[str],
+        table: IBLT,
+        counters: list[int] | None,
+        mark: Mark | None,
+        locator_size: int,
+    ) -> None:
+        """Make ``units`` in ``files`` and ``table`` the records (atomically), their totals the
+        summary as of ``mark``, and drop older files. ``counters`` are the table's write counters
+        read before the scan (``write_counters``)."""
         import numpy as np
 
+        if self._size is None:
+            raise ValueError("a cache opened without an IBLT size keeps no records")
         tmp = self.path / "iblt.tmp.npz"
         np.savez(tmp, fp=table.fp, check=table.check, items=np.int64(table.items))
         os.replace(tmp, self.path / "iblt.npz")
         self.units, self.files, self.cells, self.valid = units, files, table.m, True
-        self.note_counters(counters)
+        self.counters = counters
+        self._records = {
+            "size": self._size,
+            "locator_size": locator_size,
+            "cells": self.cells,
+            "files": files,
+            "units": [asdict(u) for u in units],
+            "counters": counters,
+        }
+        rows, digest = self.totals()
+        self.note_summary((rows, digest), mark, counters)
         self._sweep(keep=set(files))
 
-    def note_counters(self, counters: list[int] | None) -> None:
-        """Rewrite the index (atomically) with ``counters``: the cache still describes the table."""
+    def note_summary(
+        self, totals: tuple[int, int], mark: Mark | None, counters: list[int] | None, records: bool = False
+    ) -> None:
+        """Rewrite the index (atomically): the side had ``totals`` at ``mark``, its write counters
+        were ``counters``; with ``records``, the records still describe it, at these counters."""
+        self.summary = Summary(totals[0], totals[1], mark, counters)
+        if records and self._records is not None:
+            self._records["counters"] = self.counters = counters
         index = {
             "version": VERSION,
             "identity": self.identity,
-            "cells": self.cells,
-            "files": self.files,
-            "units": [asdict(u) for u in self.units],
-            "counters": counters,
+            "summary": asdict(self.summary),
+            "records": self._records,
         }
         (self.path / "index.tmp").write_text(json.dumps(index))
         os.replace(self.path / "index.tmp", self.path / "index.json")
-        self.counters = counters
 
     def discard(self) -> None:
         """Forget the cache (a stale TID, or a failed audit that left files half written)."""
         for name in ("index.json", "iblt.npz"):
             (self.path / name).unlink(missing_ok=True)
-        self.valid = False
+        self.valid, self.summary, self._records = False, None, None
         self._sweep(keep=set())
 
     def remove_files(self, names: list[str]) -> None:
@@ -246,24 +394,62 @@ def write_counters(side: RowSide) -> list[int] | None:
     return [int(n) for n in counts] if tracked else None
 
 
-def _identity(side: RowSide, cells: int) -> dict[str, Any]:
-    """What the cache must match: database, table storage, fingerprint SQL, table and locator sizes."""
-    from consistency.engine.ibltsize import size_for
+def read_mark(side: RowSide) -> Mark | None:
+    """The mark of the current statement's snapshot (in REPEATABLE READ: the transaction's)."""
+    with side.connection.cursor() as cursor:
+        cursor.execute(f"SELECT {MARK_SQL}", [])
+        return Mark.parse(*cursor.fetchone())
 
+
+def marked_aggregate(side: RowSide) -> tuple[tuple[int, int], Mark | None]:
+    """``RowSide.aggregate`` with the mark of the snapshot it read, in the same statement."""
     with side.connection.cursor() as cursor:
         cursor.execute(
-            """SELECT d.oid::bigint, c.oid::bigint, c.relfilenode::bigint, current_database()
+            f"SELECT count(*), COALESCE(bit_xor({side.fp_sql()}), 0), {MARK_SQL} FROM {side.table}", []
+        )
+        rows, digest, *mark = cursor.fetchone()
+    return (int(rows), int(digest)), Mark.parse(*mark)
+
+
+def prove_unchanged(side: RowSide, summary: Summary) -> Mark | None:
+    """The current mark when the side's rows are exactly those ``summary``'s snapshot saw, else
+    None (one serial scan of each row's ``xmin``; see the module's docstring)."""
+    if summary.mark is None:
+        return None
+    with side.connection.cursor() as cursor:
+        cursor.execute(
+            f"""SELECT count(*),
+                       count(*) FILTER (WHERE age({side.table}.xmin)
+                                        BETWEEN 0 AND (SELECT age(xid(%s::xid8)))),
+                       {MARK_SQL}
+                FROM {side.table}""",
+            [str(summary.mark.xmin)],
+        )
+        rows, written, *mark = cursor.fetchone()
+    now = Mark.parse(*mark)
+    if now is None or not now.follows(summary.mark) or written or rows != summary.rows:
+        return None
+    return now
+
+
+def _identity(side: RowSide) -> dict[str, Any]:
+    """What the cache must match: cluster, database, table storage, server version, fingerprint SQL."""
+    with side.connection.cursor() as cursor:
+        cursor.execute(
+            """SELECT d.oid::bigint, c.oid::bigint, c.relfilenode::bigint, current_database(),
+                      current_setting('server_version_num')::int,
+                      CASE WHEN has_function_privilege('pg_control_system()', 'EXECUTE')
+                           THEN (SELECT system_identifier FROM pg_control_system()) END
                FROM pg_database d, pg_class c
                WHERE d.datname = current_database() AND c.oid = %s::regclass""",
             [side.regclass],
         )
-        db_oid, table_oid, filenode, name = cursor.fetchone()
+        db_oid, table_oid, filenode, name, version, system = cursor.fetchone()
     sql = hashlib.sha256(side.fp_sql().encode()).hexdigest()
     return {
-        "version": VERSION,
+        "system": None if system is None else str(system),
         "database": [int(db_oid), str(name)],
         "table": [int(table_oid), int(filenode), side.regclass],
+        "server": int(version),
         "fp_sql": sql,
-        "cells": size_for(cells),
-        "locator_size": side.locator_size,
     }

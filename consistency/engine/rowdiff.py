@@ -4,7 +4,9 @@
    history): when the previous finished run found no drift and no drift of the
    check is open, each side first runs one plain aggregate (row count and XOR of
    the row fingerprints), both in parallel. When they agree the audit stops
-   there: identical tables cost about the floor. When the last run found drift,
+   there: identical tables cost about the floor. A side proven unchanged since
+   the last audit's summary of it (``rangecache``: one scan of the rows' xmin,
+   no hashing) skips its aggregate. When the last run found drift,
    or the aggregates disagree, the sides are streamed (steps 1-4). The Python
    dialect always streams.
 1. Both sides are scanned once, in parallel. Each row yields a fingerprint (a
@@ -47,7 +49,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from consistency.engine.iblt import IBLT
-    from consistency.engine.rangecache import SideCache
+    from consistency.engine.rangecache import Mark, SideCache
     from consistency.engine.rowside import Chunk, ScanPlan
 
 logger = logging.getLogger("consistency.audit")
@@ -67,7 +69,7 @@ class RowDiffStats:
     candidates: int = 0
     in_flight: int = 0
     transient: int = 0
-    strategy: str = "stream"  # aggregate | aggregate+stream | stream: the passes that ran
+    strategy: str = "stream"  # the passes that ran: aggregate or unchanged, then cached/ranges/stream
     extra: dict[str, int] = field(default_factory=dict)
 
 
@@ -153,15 +155,20 @@ class _Order:
             self.taken[index].set_exception(exc)
 
 
-def _aggregates(source: RowSide, target: RowSide, since: dt.datetime | None) -> list[tuple[int, int]]:
-    """Both sides' (rows, digest), each in its own thread and connection, taken in order."""
+def _aggregates(
+    source: RowSide, target: RowSide, since: dt.datetime | None, cache_key: str | None
+) -> list[tuple[tuple[int, int], bool]]:
+    """Both sides' ((rows, digest), proven), each in its own thread and connection, taken in
+    order. With ``cache_key`` a side first tries to prove itself unchanged since its summary."""
     order = _Order(source, target)
 
-    def one(index: int, side: RowSide) -> tuple[int, int]:
+    def one(index: int, side: RowSide) -> tuple[tuple[int, int], bool]:
         try:
             order.take(index, side)
             order.taken[index].set_result(0)
-            return side.aggregate(since)
+            if cache_key is None:
+                return side.aggregate(since), False
+            return _summarised(side, index, cache_key)
         except BaseException as exc:
             order.failed(index, exc)
             raise
@@ -171,6 +178,26 @@ def _aggregates(source: RowSide, target: RowSide, since: dt.datetime | None) -> 
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="consistency-aggregate") as pool:
         futures = [pool.submit(one, i, side) for i, side in enumerate((source, target))]
         return [f.result() for f in futures]
+
+
+def _summarised(side: RowSide, index: int, cache_key: str) -> tuple[tuple[int, int], bool]:
+    """The side's (rows, digest): its summary's when it is proven unchanged since, else its
+    aggregate, which becomes the summary (``rangecache``)."""
+    from consistency.engine.rangecache import SideCache, marked_aggregate, write_counters
+
+    cache = SideCache.open(cache_key, index, side)
+    if cache is None:  # caching off, or another audit of the check holds it
+        return side.aggregate(), False
+    try:
+        counters = write_counters(side)  # before the aggregate's snapshot: they may only lag it
+        proven = cache.proven(side, counters)
+        if proven is not None:
+            return proven, True
+        totals, mark = marked_aggregate(side)
+        cache.note_summary(totals, mark, counters)
+        return totals, False
+    finally:
+        cache.close()
 
 
 def make_sides(bound: BoundRowParity) -> tuple[RowSide, RowSide]:
@@ -266,6 +293,7 @@ class _Scanned:
     spills: list[Spill]
     connections: int
     strategy: str = "stream"
+    proven: bool = False
 
 
 class _Part:
@@ -373,6 +401,7 @@ class _SideScan:
     cached: bool = False
     opened: list[Spill] = field(default_factory=list)  # closed when the side is done
     strategy: str = "stream"
+    proven: bool = False  # the records taken on the proof that the side did not change
 
 
 def _stream_side(
@@ -383,6 +412,7 @@ def _stream_side(
     cache: SideCache | None,
     parts: list[_Part],
     counters: list[int] | None = None,
+    mark: Mark | None = None,
 ) -> _SideScan:
     """Stream the whole side (every range); with a cache, its records become the cache's files."""
     if side.dialect != "sql":
@@ -417,7 +447,7 @@ def _stream_side(
         for part in parts:
             part.spill.fps.flush()
             part.spill.locators.flush()
-        cache.save(units, [p.name for p in parts], table, counters)
+        cache.save(units, [p.name for p in parts], table, counters, mark, side.locator_size)
     return _SideScan(table, [p.spill for p in parts], len(parts))
 
 
@@ -433,25 +463,30 @@ def _cached_side(
     cache: SideCache,
     parts: list[_Part],
     counters: list[int] | None,
+    mark: Mark | None,
     totals: tuple[int, int] | None = None,
 ) -> _SideScan | None:
-    """A side with a valid range cache: when its write counters have not moved, one aggregate
-    that matches the cache's totals (strategy ``cached``); else one digest per range, and
-    stream only the ranges that moved. ``totals`` is the side's aggregate when this audit's
-    first pass already took it (then not taken again).
+    """A side with a valid range cache: when its totals match the records' (strategy
+    ``cached``), the records are the scan. The totals are the first pass's when it took them,
+    else the summary's when the side is proven unchanged since, else, when the write counters
+    have not moved, one aggregate. Otherwise one digest per range, and stream only the ranges
+    that moved. ``mark``: this scan's snapshot, for the summary the records leave.
 
     None when more than half of the ranges moved (a full scan costs less than the digests
     and the partial update together).
     """
-    from consistency.engine.rangecache import Unit
+    from consistency.engine.rangecache import Unit, marked_aggregate
 
-    if counters is not None and counters == cache.counters:
-        now_totals = totals if totals is not None else side.aggregate()
-        if now_totals == cache.totals():
-            if progress is not None:
-                progress(now_totals[0])
-            old = _spills(side, cache.open_files())
-            return _SideScan(cache.iblt(), old, 1, cached=True, opened=old, strategy="cached")
+    now_totals = totals if totals is not None else cache.proven(side, counters)
+    proven = totals is None and now_totals is not None
+    if now_totals is None and counters is not None and counters == cache.counters:
+        now_totals, now_mark = marked_aggregate(side)  # this snapshot's: the scan's mark
+        cache.note_summary(now_totals, now_mark, counters)
+    if now_totals is not None and now_totals == cache.totals():
+        if progress is not None:
+            progress(now_totals[0])
+        old = _spills(side, cache.open_files())
+        return _SideScan(cache.iblt(), old, 1, cached=True, opened=old, strategy="cached", proven=proven)
     plan = side.plan(None, starts=[u.start for u in cache.units])
     workers = 1 + (_helpers(side, plan.workers - 1) if plan.snapshot else 0)
     parts += [_Part(side, cells) for _ in range(workers)]
@@ -471,8 +506,8 @@ def _cached_side(
     old = _spills(side, old_files)
     table = cache.iblt()
     if not moved:
-        if counters != cache.counters:
-            cache.note_counters(counters)  # unchanged after all: the next audit can go the short way
+        # Unchanged after all: the next audit can go the short way.
+        cache.note_summary(cache.totals(), mark, counters, records=True)
         return _SideScan(table, old, len(parts), cached=True, opened=old, strategy="ranges")
 
     def stream(part: _Part, number: int, sql: str, params: list[Any]) -> None:
@@ -506,7 +541,7 @@ def _cached_side(
         spill.close()
     fps.flush()
     loc.flush()
-    cache.save(units, [name], table, counters)
+    cache.save(units, [name], table, counters, mark, side.locator_size)
     return _SideScan(table, [out], len(parts), cached=True, opened=[out], strategy="ranges+stream")
 
 
@@ -539,7 +574,7 @@ def _side(
     """One side, in its own thread: scan into IBLTs and spill files, report, wait for the
     fingerprints to fetch, fetch them in the same snapshot; return the fetched rows by key."""
     from consistency.engine.ibltsize import cells_for_rows
-    from consistency.engine.rangecache import SideCache, StaleCache, write_counters
+    from consistency.engine.rangecache import SideCache, StaleCache, read_mark, write_counters
 
     parts: list[_Part] = []
     cache: SideCache | None = None
@@ -548,25 +583,28 @@ def _side(
         order.take(index, side)
         with side.snapshot():
             cells = cells_for_rows(order.estimates(index, side))
-            counters = None
+            counters, mark = None, None
             if cache_key and side.dialect == "sql" and since is None:
                 cache = SideCache.open(cache_key, index, side, cells)
-                counters = None if cache is None else write_counters(side)
+                if cache is not None:
+                    counters, mark = write_counters(side), read_mark(side)
             digested = False
             if cache is not None and cache.valid and not _scattered(cache, counters):
-                result = _cached_side(side, cells, progress, cache, parts, counters, totals)
+                result = _cached_side(side, cells, progress, cache, parts, counters, mark, totals)
                 if result is None:  # most ranges moved: scan it all again
                     digested = True
                     for part in parts:
                         part.spill.close()
                     parts.clear()
             if result is None:
-                result = _stream_side(side, cells, since, progress, cache, parts, counters)
+                result = _stream_side(side, cells, since, progress, cache, parts, counters, mark)
                 if digested:
                     result.strategy = "ranges+stream"  # the digests, then every range
             rows = sum(s.rows for s in result.spills)
             scanned.set_result(
-                _Scanned(rows, result.table, result.spills, result.connections, result.strategy)
+                _Scanned(
+                    rows, result.table, result.spills, result.connections, result.strategy, result.proven
+                )
             )
             fps = wanted.result()
             if not fps:
@@ -686,6 +724,8 @@ def _scan(
             a, b = scanned[0].result(), scanned[1].result()
             stats.source_rows, stats.target_rows = a.rows, b.rows
             stats.extra["connections"] = a.connections + b.connections
+            if a.proven or b.proven:
+                stats.extra["proven_sides"] = int(a.proven) + int(b.proven)
             passes = {p for side in (a, b) for p in side.strategy.split("+")}
             scan = "+".join(p for p in ("cached", "ranges", "stream") if p in passes)
             stats.strategy = scan if stats.strategy == "stream" else f"{stats.strategy}+{scan}"
@@ -727,12 +767,14 @@ def diff_rows(
     """Compare both sides of ``bound``; return confirmed findings and the figures.
 
     ``strategy`` ``aggregate`` runs the aggregate pass first (SQL dialect), ``stream`` does not.
-    ``cache_key`` (the check's name) keeps each side's range cache (``rangecache``) between
-    full audits: when the scan runs (after drift, or after an aggregate pass that disagreed),
-    a side with a cache whose write counters did not move is confirmed by one aggregate
-    (strategy ``cached``); otherwise it reads per-range digests and streams only the ranges
-    that moved (``ranges``). After a clean run the plain aggregate still goes first: on
-    identical tables it is one parallel query per side, cheaper than the per-range digests.
+    ``cache_key`` (the check's name) keeps each side's summary and range cache (``rangecache``)
+    between full audits. In the aggregate pass, a side proven unchanged since its summary
+    hashes no row (both proven: strategy ``unchanged``). When the scan runs (after drift, or
+    after an aggregate pass that disagreed), a side whose totals (proven, or aggregated when
+    its write counters did not move) match its cached records takes them (``cached``);
+    otherwise it reads per-range digests and streams only the ranges that moved (``ranges``).
+    After a clean run the aggregate pass still goes first: on identical tables it is one
+    query per side, cheaper than the per-range digests.
     """
     from consistency.engine.rangecache import StaleCache
 
@@ -746,22 +788,29 @@ def diff_rows(
     release_idle(DEFAULT_DB_ALIAS, source.alias, target.alias)
     totals: list[tuple[int, int] | None] = [None, None]
     if strategy == "aggregate" and source.dialect == "sql":
-        (stats.source_rows, src_digest), (stats.target_rows, tgt_digest) = _aggregates(source, target, since)
-        totals = [(stats.source_rows, src_digest), (stats.target_rows, tgt_digest)]
+        (source_totals, source_proven), (target_totals, target_proven) = _aggregates(
+            source, target, since, cache_key
+        )
+        totals = [source_totals, target_totals]
+        stats.source_rows, stats.target_rows = source_totals[0], target_totals[0]
         stats.segments = 1
-        if stats.source_rows == stats.target_rows and src_digest == tgt_digest:
-            stats.strategy = "aggregate"
+        # Both sides proven unchanged since their summaries: no row was hashed.
+        stats.strategy = "unchanged" if source_proven and target_proven else "aggregate"
+        if source_proven or target_proven:
+            stats.extra["proven_sides"] = int(source_proven) + int(target_proven)
+        if source_totals == target_totals:
             stats.compared = stats.source_rows
             if progress is not None:
                 progress(stats.source_rows + stats.target_rows)
             return [], stats
-        stats.strategy = "aggregate"  # and then the scan: _scan appends its passes
+        # and then the scan: _scan appends its passes
     try:
         # A side whose cache the aggregate confirms need not aggregate again (rangecache).
         first_source, first_target = _scan(source, target, since, progress, stats, cache_key, totals)
     except StaleCache as exc:
         logger.info("range cache of %s is stale (%s): scanning again", bound.decl.name, exc)
-        stats.strategy = "aggregate" if stats.strategy.startswith("aggregate") else "stream"
+        first = stats.strategy.split("+")[0]
+        stats.strategy = first if first in ("aggregate", "unchanged") else "stream"
         stats.extra["stale_cache"] = 1
         first_source, first_target = _scan(source, target, since, progress, stats, cache_key)
     stats.compared = max(stats.source_rows, stats.target_rows)

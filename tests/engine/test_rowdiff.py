@@ -14,7 +14,7 @@ import pytest
 from django.db import connections
 from django.test import override_settings
 
-from consistency.engine import rowside
+from consistency.engine import rangecache, rowside
 from consistency.engine.declarations import RowParity, Side, bind_row_parity
 from consistency.engine.normalizers import Decimal as DecimalN
 from consistency.engine.normalizers import Email, Text, Timestamp
@@ -307,11 +307,11 @@ def test_row_parity__unknown_strategy_is_refused(tables: None) -> None:
 
 def cached_counters(root: Any, side: int) -> Any:
     (index,) = root.glob(f"*/{side}-*/index.json")
-    return json.loads(index.read_text())["counters"]
+    return json.loads(index.read_text())["records"]["counters"]
 
 
-def test_range_cache__second_audit_confirms_each_unchanged_side_by_one_aggregate(
-    tables: None, range_cache: Any
+def test_range_cache__second_audit_proves_each_unchanged_side_and_hashes_no_row(
+    tables: None, range_cache: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fill(StrRow, "auth", range(1, 2001))
     fill(StrRow, "default", [i for i in range(1, 2001) if i not in (3, 1500)])
@@ -326,12 +326,14 @@ def test_range_cache__second_audit_confirms_each_unchanged_side_by_one_aggregate
     decl = declare(StrRow)
 
     first, first_stats = audit(decl, cache_key=decl.name)
+    calls = aggregates_taken(monkeypatch)
     second, second_stats = audit(decl, cache_key=decl.name)
 
     assert (kinds(first), first_stats.strategy) == (expected, "stream")
     assert (kinds(second), second_stats.strategy) == (expected, "cached")
     assert (second_stats.source_rows, second_stats.target_rows) == (2000, 1999)
-    assert second_stats.extra["connections"] == 2  # one aggregate a side, no range digests
+    assert second_stats.extra["connections"] == 2  # no range digests
+    assert (calls, second_stats.extra["proven_sides"]) == ([], 2)  # no aggregate either
     assert not list(range_cache.glob("*/*/*.tmp*"))
 
 
@@ -377,27 +379,40 @@ def test_range_cache__counters_choose_the_path_but_the_aggregate_decides(
     assert (kinds(findings), stats.strategy) == ({"mismatch": {"1700"}}, "cached+ranges+stream")
 
 
-def test_range_cache__a_side_the_aggregate_pass_confirms_is_not_aggregated_again(
-    tables: None, range_cache: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """After a clean run the aggregate goes first; when it disagrees, the unchanged side takes
-    its cache on the strength of that same aggregate, without a second one."""
-    decl = audited_clean()
-    IntRow.objects.using("default").filter(id=1700).update(name="drifted")
-    flush_stats()
+def aggregates_taken(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The aliases of every aggregate an audit runs from now on (plain or marked)."""
     calls: list[str] = []
-    real = rowside.RowSide.aggregate
+    plain, marked = rowside.RowSide.aggregate, rangecache.marked_aggregate
 
     def counted(self: rowside.RowSide, since: dt.datetime | None = None) -> tuple[int, int]:
         calls.append(self.alias)
-        return real(self, since)
+        return plain(self, since)
+
+    def counted_marked(side: rowside.RowSide) -> Any:
+        calls.append(side.alias)
+        return marked(side)
 
     monkeypatch.setattr(rowside.RowSide, "aggregate", counted)
+    monkeypatch.setattr(rangecache, "marked_aggregate", counted_marked)
+    return calls
+
+
+def test_range_cache__a_side_the_aggregate_pass_settles_is_not_aggregated_again(
+    tables: None, range_cache: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a clean run the aggregate pass goes first: the unchanged source is proven so
+    without an aggregate, the changed target aggregates once; they disagree, and in the scan
+    the source takes its records on that proof, the target on that same aggregate's word."""
+    decl = audited_clean()
+    IntRow.objects.using("default").filter(id=1700).update(name="drifted")
+    flush_stats()
+    calls = aggregates_taken(monkeypatch)
 
     findings, stats = audit(decl, cache_key=decl.name, strategy="aggregate")
 
     assert (kinds(findings), stats.strategy) == ({"mismatch": {"1700"}}, "aggregate+cached+ranges+stream")
-    assert sorted(calls) == ["auth", "default"]  # the first pass's, once a side
+    assert calls == ["default"]  # the target's, in the first pass, once
+    assert stats.extra["proven_sides"] == 1
 
 
 def test_range_cache__a_change_between_audits_is_streamed_and_found(tables: None, range_cache: Any) -> None:
@@ -426,7 +441,8 @@ def claim_current_counters(root: Any, side: int, alias: str) -> None:
             "SELECT pg_stat_get_tuples_inserted(c.oid), pg_stat_get_tuples_updated(c.oid),"
             " pg_stat_get_tuples_deleted(c.oid) FROM pg_class c WHERE c.oid = 't_int_rows'::regclass"
         )
-        cached["counters"] = [int(n) for n in cursor.fetchone()]
+        now = [int(n) for n in cursor.fetchone()]
+    cached["records"]["counters"] = cached["summary"]["counters"] = now
     index.write_text(json.dumps(cached))
 
 

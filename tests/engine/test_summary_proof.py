@@ -1,0 +1,186 @@
+"""The summary proof (``rangecache.prove_unchanged``): a side that cannot have changed since the
+last audit's summary of it hashes no row, and no change, however it was written, passes for none.
+
+PostgreSQL only (``range_cache`` skips elsewhere): the proof reads each row's ``xmin``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from django.db import connections, transaction
+
+from consistency.engine import rangecache
+from tests.engine.conftest import flush_stats
+from tests.engine.test_rowdiff import aggregates_taken, audit, declare, fill, kinds
+from tests.testapp.models import IntRow
+
+pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "auth"])
+
+
+def summarised() -> Any:
+    """2,000 identical rows a side, audited once by the aggregate pass: each side's summary written."""
+    fill(IntRow, "auth", range(1, 2001))
+    fill(IntRow, "default", range(1, 2001))
+    flush_stats()
+    decl = declare(IntRow)
+    findings, stats = audit(decl, cache_key=decl.name, strategy="aggregate")
+    assert (findings, stats.strategy) == ([], "aggregate")
+    return decl
+
+
+def index_of(root: Any, side: int) -> Any:
+    (index,) = root.glob(f"*/{side}-*/index.json")
+    return index
+
+
+def claim_current_counters(root: Any, side: int, alias: str) -> None:
+    """Make side ``side``'s summary claim the write counters as they are now (their flush lags)."""
+    index = index_of(root, side)
+    cached = json.loads(index.read_text())
+    with connections[alias].cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_stat_get_tuples_inserted(c.oid), pg_stat_get_tuples_updated(c.oid),"
+            " pg_stat_get_tuples_deleted(c.oid) FROM pg_class c WHERE c.oid = 't_int_rows'::regclass"
+        )
+        cached["summary"]["counters"] = [int(n) for n in cursor.fetchone()]
+    index.write_text(json.dumps(cached))
+
+
+def test_unchanged_sides_are_proven_so_and_no_row_is_hashed(
+    tables: None, range_cache: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    decl = summarised()
+    calls = aggregates_taken(monkeypatch)
+
+    findings, stats = audit(decl, cache_key=decl.name, strategy="aggregate")
+
+    assert (findings, stats.strategy, stats.compared) == ([], "unchanged", 2000)
+    assert (calls, stats.extra["proven_sides"]) == ([], 2)
+
+
+def test_a_change_that_keeps_the_row_count_is_found(tables: None, range_cache: Any) -> None:
+    """One row deleted and another inserted: the count is the summary's, the new row's xmin is not."""
+    decl = summarised()
+    with transaction.atomic(using="default"):
+        IntRow.objects.using("default").filter(id=5).delete()
+        fill(IntRow, "default", [2001])
+    flush_stats()
+    claim_current_counters(range_cache, 1, "default")  # as if the counters had not moved yet
+
+    findings, stats = audit(decl, cache_key=decl.name, strategy="aggregate")
+
+    assert kinds(findings) == {"missing": {"5"}, "extra": {"2001"}}
+    assert stats.strategy.startswith("aggregate+")
+    assert stats.extra["proven_sides"] == 1  # the source, untouched
+
+
+def test_a_write_still_open_when_the_summary_was_taken_is_found_once_committed(
+    tables: None, range_cache: Any
+) -> None:
+    """The summary's snapshot did not see an update that was running then; after it commits the
+    row count is unchanged and its transaction id is below that snapshot's xmax (a later one
+    finished first). Bounding the proof by the snapshot's xmin, not its xmax, is what finds it."""
+    fill(IntRow, "auth", range(1, 2001))
+    fill(IntRow, "default", range(1, 2001))
+    flush_stats()
+    decl = declare(IntRow)
+    written, release = threading.Event(), threading.Event()
+
+    def writer() -> None:
+        try:
+            with transaction.atomic(using="default"):
+                IntRow.objects.using("default").filter(id=1700).update(name="drifted")
+                written.set()
+                release.wait(30)
+            flush_stats()  # this connection's update in the write counters before it closes
+        finally:
+            connections["default"].close()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        assert written.wait(30)
+        with connections["auth"].cursor() as cursor:
+            cursor.execute("SELECT pg_current_xact_id()")  # a later transaction, committed
+        assert audit(decl, cache_key=decl.name, strategy="aggregate")[0] == []  # it cannot see it yet
+    finally:
+        release.set()
+        thread.join()
+    flush_stats()
+    claim_current_counters(range_cache, 1, "default")
+
+    findings, stats = audit(decl, cache_key=decl.name, strategy="aggregate")
+
+    assert kinds(findings) == {"mismatch": {"1700"}}
+    assert stats.extra["proven_sides"] == 1
+
+
+def test_vacuum_freeze_keeps_the_proof_and_a_rewrite_voids_it(tables: None, range_cache: Any) -> None:
+    decl = summarised()
+    for alias in ("auth", "default"):
+        with connections[alias].cursor() as cursor:
+            cursor.execute("VACUUM (FREEZE) t_int_rows")
+
+    assert audit(decl, cache_key=decl.name, strategy="aggregate")[1].strategy == "unchanged"
+
+    with connections["default"].cursor() as cursor:
+        cursor.execute("VACUUM (FULL) t_int_rows")  # new storage: the summary no longer applies
+    findings, stats = audit(decl, cache_key=decl.name, strategy="aggregate")
+    assert (findings, stats.strategy, stats.extra["proven_sides"]) == ([], "aggregate", 1)
+
+
+EDITS: dict[str, Callable[[dict[str, int]], None]] = {
+    "another timeline": lambda mark: mark.update(timeline=mark["timeline"] + 1),
+    "WAL ahead of now": lambda mark: mark.update(lsn=mark["lsn"] + (1 << 40)),
+    "transaction ids ahead of now": lambda mark: mark.update(xmax=mark["xmax"] + 10**9),
+}
+
+
+@pytest.mark.parametrize("edit", EDITS, ids=list(EDITS))
+def test_a_mark_not_behind_now_on_one_history_is_not_trusted(
+    tables: None, range_cache: Any, edit: str
+) -> None:
+    """A failover or a restore forks the history: the proof needs the summary's mark on the same
+    timeline, behind the current WAL position and transaction ids. The aggregate then decides,
+    and its summary, with a good mark, serves the next audit."""
+    decl = summarised()
+    index = index_of(range_cache, 1)
+    cached = json.loads(index.read_text())
+    EDITS[edit](cached["summary"]["mark"])
+    index.write_text(json.dumps(cached))
+
+    findings, stats = audit(decl, cache_key=decl.name, strategy="aggregate")
+
+    assert (findings, stats.strategy, stats.extra["proven_sides"]) == ([], "aggregate", 1)
+    assert audit(decl, cache_key=decl.name, strategy="aggregate")[1].strategy == "unchanged"
+
+
+def test_a_mark_too_many_transactions_ago_is_not_trusted(
+    tables: None, range_cache: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``age(xmin)`` is 32-bit: past the window, a row written since could look older than the mark."""
+    decl = summarised()
+    with connections["default"].cursor() as cursor:
+        cursor.execute("SELECT pg_current_xact_id()")  # one transaction id spent since the mark
+    monkeypatch.setattr(rangecache, "WINDOW", 1)
+
+    findings, stats = audit(decl, cache_key=decl.name, strategy="aggregate")
+
+    assert (findings, stats.strategy, stats.extra.get("proven_sides")) == ([], "aggregate", None)
+
+
+def test_an_index_it_did_not_write_is_ignored(tables: None, range_cache: Any) -> None:
+    decl = summarised()
+    index = index_of(range_cache, 0)
+    cached = json.loads(index.read_text())
+    cached["summary"]["mark"] = {"xmin": "many"}
+    index.write_text(json.dumps(cached))
+
+    findings, stats = audit(decl, cache_key=decl.name, strategy="aggregate")
+
+    assert (findings, stats.strategy, stats.extra["proven_sides"]) == ([], "aggregate", 1)
