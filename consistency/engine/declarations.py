@@ -162,6 +162,8 @@ class RowParity(Declaration):
             "in_flight": stats.in_flight,
             "mode": "incremental" if ctx.since else "full",
             "strategy": stats.strategy,
+            # Sides proven unchanged since the last audit (no row hashed); a stale range cache.
+            **{k: v for k, v in stats.extra.items() if k in ("proven_sides", "stale_cache")},
         }
         return findings, figures
 

@@ -24,19 +24,24 @@ sends the audit the longer way (the aggregate). Without the privileges to read t
 
 **The records** of a full streaming scan (``RowSide.plan``'s TID ranges): per range its rows
 and the XOR of their fingerprints (its digest), plus the side's (fingerprint, TID) records in
-range order and its IBLT. The next audit that must scan (drift was found, or the aggregates
-disagree) takes them as they are when the side's totals, proven or aggregated, match theirs;
-otherwise it asks PostgreSQL only for each range's (rows, digest), one aggregate scan of the
-side, and streams only the ranges whose digest moved: the side's IBLT is the cached one minus
+range order and its IBLT, and the mark of the snapshot they describe. The next audit that must
+scan (drift was found, or the aggregates disagree) takes them as they are when the side's
+totals, proven or aggregated, match theirs. Otherwise it tells which ranges moved: by the same
+proof, range by range, when the records' mark is on this history (each range's rows and those
+written since the mark, no row hashed: a range with none written and its old count holds the
+very row versions, at the very TIDs, it held), else by each range's (rows, digest), one hashing
+scan of the side. Only the moved ranges are streamed: the side's IBLT is the cached one minus
 those ranges' old records plus their new ones, and the records are rewritten with the new
 ranges in place. Ranges whose digest did not move are taken as they were (a 64-bit XOR and a
 count, the same trust the plain aggregate pass puts in one digest of the whole table).
 
 Both keep the table's write counters (``pg_stat_get_tuples_inserted``, ``_updated``,
-``_deleted``) as they were. They only choose the path: when they moved, the proof is not
-tried (it would fail); when they did not, it is, and the proof or the aggregate decides (they
-are flushed with a delay of up to seconds, and a reset or a no-op update only sends the audit
-the longer way).
+``_deleted``) as they were. They only choose the path: when they moved, the whole-side proof is
+not tried (it would fail); when they did not, it is, and the proof or the aggregate decides
+(they are flushed with a delay of up to seconds, and a reset or a no-op update only sends the
+audit the longer way). Without the range proof, counters showing writes spread over most
+ranges send the side straight to a full stream; with it, the ranges are looked at anyway,
+since writes are often in a few ranges and the look costs a third of the digests.
 
 A cached TID can go stale while its range's digest stays put (a row moved inside its
 range without changing). Every candidate fetched by a cached TID is checked against its
@@ -162,6 +167,16 @@ class Unit:
     offset: int
 
 
+def _mark(stored: dict[str, Any] | None) -> Mark | None:
+    """A mark as ``SideCache`` stored it; a value this code cannot have written raises ValueError."""
+    if stored is None:
+        return None
+    mark = Mark(**{k: int(stored[k]) for k in ("xmin", "xmax", "lsn", "timeline")})
+    if min(asdict(mark).values()) < 0:
+        raise ValueError(f"a negative value in the stored mark {stored!r}")
+    return mark
+
+
 class SideCache:
     """One side's cache directory, locked for this audit: its summary and its records."""
 
@@ -174,6 +189,7 @@ class SideCache:
         self.files: list[str] = []
         self.cells = 0
         self.counters: list[int] | None = None  # the write counters when the records were written
+        self.records_mark: Mark | None = None  # the snapshot the records describe
         self.valid = False  # the records describe the table as it was, in this audit's table size
 
     # -- opening ---------------------------------------------------------------------
@@ -216,17 +232,12 @@ class SideCache:
 
     def _read(self, index: dict[str, Any], locator_size: int) -> None:
         if summary := index.get("summary"):
-            mark = summary["mark"]
             self.summary = Summary(
                 int(summary["rows"]),
                 int(summary["digest"]),
-                None
-                if mark is None
-                else Mark(**{k: int(mark[k]) for k in ("xmin", "xmax", "lsn", "timeline")}),
+                _mark(summary["mark"]),
                 None if summary["counters"] is None else [int(n) for n in summary["counters"]],
             )
-            if self.summary.mark is not None and min(asdict(self.summary.mark).values()) < 0:
-                self.summary = None
         records = index.get("records")
         if not records:
             return
@@ -237,6 +248,7 @@ class SideCache:
         self.files = [str(name) for name in records["files"]]
         self.cells = int(records["cells"])
         self.counters = records["counters"]
+        self.records_mark = _mark(records.get("mark"))
         self.valid = bool(self.units) and all(
             (self.path / f"{name}.fps").exists() and (self.path / f"{name}.loc").exists()
             for name in self.files
@@ -262,6 +274,10 @@ class SideCache:
         return table
 
     # -- the proof -----------------------------------------------------------------------
+    def provable(self, now: Mark | None) -> bool:
+        """Whether the records' ranges can be proven unchanged from the rows' xmin at ``now``."""
+        return now is not None and self.records_mark is not None and now.follows(self.records_mark)
+
     def proven(self, side: RowSide, counters: list[int] | None) -> tuple[int, int] | None:
         """The side's (rows, digest) when it provably has not changed since the summary
         (``prove_unchanged``), else None. Not tried when the write counters moved (it would fail)."""
@@ -324,7 +340,7 @@ class SideCache:
         np.savez(tmp, fp=table.fp, check=table.check, items=np.int64(table.items))
         os.replace(tmp, self.path / "iblt.npz")
         self.units, self.files, self.cells, self.valid = units, files, table.m, True
-        self.counters = counters
+        self.counters, self.records_mark = counters, mark
         self._records = {
             "size": self._size,
             "locator_size": locator_size,
@@ -332,6 +348,7 @@ class SideCache:
             "files": files,
             "units": [asdict(u) for u in units],
             "counters": counters,
+            "mark": None if mark is None else asdict(mark),
         }
         rows, digest = self.totals()
         self.note_summary((rows, digest), mark, counters)
@@ -341,10 +358,13 @@ class SideCache:
         self, totals: tuple[int, int], mark: Mark | None, counters: list[int] | None, records: bool = False
     ) -> None:
         """Rewrite the index (atomically): the side had ``totals`` at ``mark``, its write counters
-        were ``counters``; with ``records``, the records still describe it, at these counters."""
+        were ``counters``; with ``records``, the records still describe it, at that mark and these
+        counters."""
         self.summary = Summary(totals[0], totals[1], mark, counters)
         if records and self._records is not None:
             self._records["counters"] = self.counters = counters
+            self.records_mark = mark
+            self._records["mark"] = None if mark is None else asdict(mark)
         index = {
             "version": VERSION,
             "identity": self.identity,
@@ -411,6 +431,16 @@ def marked_aggregate(side: RowSide) -> tuple[tuple[int, int], Mark | None]:
     return (int(rows), int(digest)), Mark.parse(*mark)
 
 
+def written_sql(side: RowSide, mark: Mark) -> str:
+    """An aggregate: the rows written by a transaction that had not finished when ``mark``'s
+    snapshot was taken (``age(xmin)`` from 0 to the mark's xmin's; exact while the current mark
+    ``follows`` it). An integer literal, so the statement runs with ``[]``."""
+    return (
+        f"count(*) FILTER (WHERE age({side.table}.xmin)"
+        f" BETWEEN 0 AND (SELECT age(xid('{int(mark.xmin)}'::xid8))))"
+    )
+
+
 def prove_unchanged(side: RowSide, summary: Summary) -> Mark | None:
     """The current mark when the side's rows are exactly those ``summary``'s snapshot saw, else
     None (one serial scan of each row's ``xmin``; see the module's docstring)."""
@@ -418,12 +448,7 @@ def prove_unchanged(side: RowSide, summary: Summary) -> Mark | None:
         return None
     with side.connection.cursor() as cursor:
         cursor.execute(
-            f"""SELECT count(*),
-                       count(*) FILTER (WHERE age({side.table}.xmin)
-                                        BETWEEN 0 AND (SELECT age(xid(%s::xid8)))),
-                       {MARK_SQL}
-                FROM {side.table}""",
-            [str(summary.mark.xmin)],
+            f"SELECT count(*), {written_sql(side, summary.mark)}, {MARK_SQL} FROM {side.table}", []
         )
         rows, written, *mark = cursor.fetchone()
     now = Mark.parse(*mark)

@@ -475,7 +475,7 @@ def _cached_side(
     None when more than half of the ranges moved (a full scan costs less than the digests
     and the partial update together).
     """
-    from consistency.engine.rangecache import Unit, marked_aggregate
+    from consistency.engine.rangecache import Unit, marked_aggregate, written_sql
 
     now_totals = totals if totals is not None else cache.proven(side, counters)
     proven = totals is None and now_totals is not None
@@ -490,14 +490,25 @@ def _cached_side(
     plan = side.plan(None, starts=[u.start for u in cache.units])
     workers = 1 + (_helpers(side, plan.workers - 1) if plan.snapshot else 0)
     parts += [_Part(side, cells) for _ in range(workers)]
-    digest_sql = [side.range_sql(a, b, digest=True) for a, b in plan.bounds]
+    # Which ranges moved since the records: proven per range from the rows' xmin when the
+    # records' mark is on this history (no row hashed), else from each range's digest.
+    proving = cache.provable(mark)
+    if proving and cache.records_mark is not None:
+        written = written_sql(side, cache.records_mark)
+        range_sql = [
+            f"SELECT count(*), {written} FROM {side.table}{side.range_where(a, b)}" for a, b in plan.bounds
+        ]
+    else:
+        range_sql = [side.range_sql(a, b, digest=True) for a, b in plan.bounds]
 
     def digest(part: _Part, number: int, sql: str, params: list[Any]) -> None:
-        part.digest(side, digest_sql[number], number)
+        part.digest(side, range_sql[number], number)
 
     _run(side, plan, parts, list(range(len(plan.units))), digest)
     now = {n: d for part in parts for n, d in part.digests.items()}
-    moved = [n for n, u in enumerate(cache.units) if now[n] != (u.rows, u.digest)]
+    # A proven range holds the records' rows and none written since; a digested one, the same
+    # count and XOR of fingerprints.
+    moved = [n for n, u in enumerate(cache.units) if now[n] != (u.rows, 0 if proving else u.digest)]
     if len(moved) * 2 > len(cache.units):
         return None  # the full scan that follows reports the progress
     if progress is not None:
@@ -589,7 +600,13 @@ def _side(
                 if cache is not None:
                     counters, mark = write_counters(side), read_mark(side)
             digested = False
-            if cache is not None and cache.valid and not _scattered(cache, counters):
+            # Writes spread over most ranges make the digests a waste; the range proof is cheap
+            # enough to try whatever the counters say (writes are often in a few ranges).
+            if (
+                cache is not None
+                and cache.valid
+                and (cache.provable(mark) or not _scattered(cache, counters))
+            ):
                 result = _cached_side(side, cells, progress, cache, parts, counters, mark, totals)
                 if result is None:  # most ranges moved: scan it all again
                     digested = True
@@ -724,8 +741,9 @@ def _scan(
             a, b = scanned[0].result(), scanned[1].result()
             stats.source_rows, stats.target_rows = a.rows, b.rows
             stats.extra["connections"] = a.connections + b.connections
-            if a.proven or b.proven:
-                stats.extra["proven_sides"] = int(a.proven) + int(b.proven)
+            if a.proven or b.proven:  # (a side the first pass proved is not proven again here)
+                proven = int(a.proven) + int(b.proven)
+                stats.extra["proven_sides"] = max(stats.extra.get("proven_sides", 0), proven)
             passes = {p for side in (a, b) for p in side.strategy.split("+")}
             scan = "+".join(p for p in ("cached", "ranges", "stream") if p in passes)
             stats.strategy = scan if stats.strategy == "stream" else f"{stats.strategy}+{scan}"

@@ -217,11 +217,16 @@ class RowSide:
         """One TID range's query: its packed (fingerprint, TID) blobs, or with ``digest`` its
         (rows, XOR of fingerprints), to run with ``[]``. Block numbers are integers, so the
         literals are safe."""
-        upper = "" if end is None else f" AND ctid < '({int(end)},0)'::tid"
-        where = f" WHERE ctid >= '({int(start)},0)'::tid{upper}"
+        where = self.range_where(start, end)
         if digest:
             return f"SELECT count(*), COALESCE(bit_xor({self.fp_sql()}), 0) FROM {self.table}{where}"
         return self.packed_sql(where)
+
+    @staticmethod
+    def range_where(start: int, end: int | None) -> str:
+        """`` WHERE`` the TID is in blocks [start, end) (to the end of the table when ``end`` is None)."""
+        upper = "" if end is None else f" AND ctid < '({int(end)},0)'::tid"
+        return f" WHERE ctid >= '({int(start)},0)'::tid{upper}"
 
     def packed_sql(self, where: str = "", tail: str = "") -> str:
         """The (fingerprint, TID) blobs of the rows matching ``where`` (`` WHERE ...``), for

@@ -337,12 +337,15 @@ def test_range_cache__second_audit_proves_each_unchanged_side_and_hashes_no_row(
     assert not list(range_cache.glob("*/*/*.tmp*"))
 
 
-def test_range_cache__moved_counters_read_the_range_digests_then_trust_the_cache_again(
-    tables: None, range_cache: Any
+@pytest.mark.parametrize("proof", [True, False], ids=["range proof", "range digests"])
+def test_range_cache__moved_counters_look_at_the_ranges_then_trust_the_cache_again(
+    tables: None, range_cache: Any, monkeypatch: pytest.MonkeyPatch, proof: bool
 ) -> None:
     """A write that leaves every range as it was (a row rewritten as it was, on its page): the
-    counters moved, so the audit reads the per-range digests; none moved, so it streams nothing
-    and notes the new counters, and the next audit takes the short way again."""
+    counters moved, so the audit looks at each range. The range proof sees a row written since
+    and streams that one range; the digests (when the records' mark is not on this history) see
+    no range moved and stream nothing. Either way the records are noted as current, and the
+    next audit takes the short way again."""
     with connections["auth"].cursor() as cursor:
         cursor.execute("ALTER TABLE t_int_rows SET (fillfactor = 50)")  # room for a HOT update
     fill(IntRow, "auth", range(1, 2001))
@@ -355,11 +358,16 @@ def test_range_cache__moved_counters_read_the_range_digests_then_trust_the_cache
     with connections["auth"].cursor() as cursor:
         cursor.execute("UPDATE t_int_rows SET name = name WHERE id = 10")
     flush_stats()
+    if not proof:
+        break_records_mark(range_cache, 0)
+    digests = digests_read(monkeypatch)
 
     findings, stats = audit(decl, cache_key=decl.name)
     again, again_stats = audit(decl, cache_key=decl.name)
 
-    assert (kinds(findings), stats.strategy) == ({"mismatch": {"1200"}}, "cached+ranges")
+    expected = "cached+ranges+stream" if proof else "cached+ranges"
+    assert (kinds(findings), stats.strategy) == ({"mismatch": {"1200"}}, expected)
+    assert (len(digests) == 0) == proof  # the digests of every range, or of none
     assert cached_counters(range_cache, 0) != before
     assert (kinds(again), again_stats.strategy) == ({"mismatch": {"1200"}}, "cached")
 
@@ -415,16 +423,44 @@ def test_range_cache__a_side_the_aggregate_pass_settles_is_not_aggregated_again(
     assert stats.extra["proven_sides"] == 1
 
 
-def test_range_cache__a_change_between_audits_is_streamed_and_found(tables: None, range_cache: Any) -> None:
+def digests_read(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The first block of every range whose digest an audit reads from now on (it hashes its rows)."""
+    starts: list[int] = []
+    real = rowside.RowSide.range_sql
+
+    def counted(self: rowside.RowSide, start: int, end: int | None, digest: bool = False) -> str:
+        if digest:
+            starts.append(start)
+        return real(self, start, end, digest)
+
+    monkeypatch.setattr(rowside.RowSide, "range_sql", counted)
+    return starts
+
+
+def break_records_mark(root: Any, side: int) -> None:
+    """Put side ``side``'s records on another timeline: their mark no longer proves a range."""
+    (index,) = root.glob(f"*/{side}-*/index.json")
+    cached = json.loads(index.read_text())
+    cached["records"]["mark"]["timeline"] += 1
+    index.write_text(json.dumps(cached))
+
+
+def test_range_cache__a_change_between_audits_is_streamed_and_found(
+    tables: None, range_cache: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ranges that moved are told from the rows' xmin (``rangecache.written_sql``), not from
+    digests: no unchanged row is hashed, and only the moved ranges are streamed."""
     decl = audited_clean()
     IntRow.objects.using("default").filter(id=1700).update(name="drifted")
     IntRow.objects.using("auth").filter(id=5).delete()
     flush_stats()
+    digests = digests_read(monkeypatch)
 
     findings, stats = audit(decl, cache_key=decl.name)
 
     assert kinds(findings) == {"mismatch": {"1700"}, "extra": {"5"}}
     assert stats.strategy == "ranges+stream"
+    assert digests == []
     # The rewritten cache describes the tables now: a third audit finds the same from the
     # aggregates and the cached records alone.
     again, again_stats = audit(decl, cache_key=decl.name)
@@ -467,17 +503,53 @@ def cached_then_scattered() -> RowParity:
 SCATTERED = range(1, 2001, 25)
 
 
+@pytest.mark.parametrize("proof", [True, False], ids=["range proof", "range digests"])
 def test_range_cache__scattered_writes_stream_the_side_without_reading_digests(
-    tables: None, range_cache: Any
+    tables: None, range_cache: Any, monkeypatch: pytest.MonkeyPatch, proof: bool
 ) -> None:
-    """The counters show more updates and deletes than would leave half the ranges untouched:
-    the side streams at once (the digests would only have led there), and finds exactly."""
+    """The counters show more updates and deletes than would leave half the ranges untouched,
+    were they spread. The range proof, which hashes nothing, still looks (writes are often in a
+    few ranges), finds most ranges moved and streams in full; without it the side streams at
+    once (the digests would only have led there). Either way no digest is read, and the
+    finding is exact."""
     decl = cached_then_scattered()
+    if not proof:
+        break_records_mark(range_cache, 1)
+    digests = digests_read(monkeypatch)
 
     findings, stats = audit(decl, cache_key=decl.name)
 
     assert kinds(findings) == {"mismatch": {str(i) for i in SCATTERED}}
-    assert stats.strategy == "cached+stream"
+    assert stats.strategy == ("cached+ranges+stream" if proof else "cached+stream")
+    assert digests == []
+
+
+def test_range_cache__many_writes_in_a_few_ranges_stream_only_those(
+    tables: None, range_cache: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """200 updates would move every range were they spread; they are the table's first rows,
+    so the range proof finds a few ranges moved (the rows' old pages, the pages their new
+    versions went to) and only those are streamed, exactly."""
+    decl = audited_clean()
+    IntRow.objects.using("default").filter(id__lte=200).update(name="drifted")
+    flush_stats()
+    streamed: list[str] = []
+    real = rowside.RowSide.stream_unit
+
+    def counted(self: rowside.RowSide, sql: str, params: list[Any]) -> Any:
+        streamed.append(self.alias)
+        return real(self, sql, params)
+
+    monkeypatch.setattr(rowside.RowSide, "stream_unit", counted)
+
+    findings, stats = audit(decl, cache_key=decl.name)
+
+    assert kinds(findings) == {"mismatch": {str(i) for i in range(1, 201)}}
+    assert stats.strategy == "cached+ranges+stream"
+    (index,) = range_cache.glob("*/1-*/index.json")
+    ranges = len(json.loads(index.read_text())["records"]["units"])
+    assert 0 < len(streamed) * 4 <= ranges  # a quarter of the ranges at most
+    assert set(streamed) == {"default"}
 
 
 def test_range_cache__progress_counts_each_row_once_when_the_digests_fall_back(
@@ -502,8 +574,9 @@ def test_range_cache__progress_counts_each_row_once_when_the_digests_fall_back(
 
 
 def test_range_cache__a_row_moved_inside_its_range_voids_the_cache(tables: None, range_cache: Any) -> None:
-    """Same values at a new TID: the range's digest stays, the cached TID is stale; the audit
-    notices when the candidate is not there, drops the cache and scans again, exactly."""
+    """Same values at a new TID, and the ranges told by their digests: the range's digest stays,
+    the cached TID is stale; the audit notices when the candidate is not there, drops the cache
+    and scans again, exactly."""
     with connections["default"].cursor() as cursor:
         # Room on every page, so that the update below stays on its page (a HOT update).
         cursor.execute("ALTER TABLE t_int_rows SET (fillfactor = 50)")
@@ -522,6 +595,8 @@ def test_range_cache__a_row_moved_inside_its_range_voids_the_cache(tables: None,
     flush_stats()
     assert after != before  # a new TID...
     assert after.split(",")[0] == before.split(",")[0]  # ...on the same page
+    # The range proof would see the new row version and stream its range; the digests do not.
+    break_records_mark(range_cache, 1)
 
     findings, stats = audit(decl, cache_key=decl.name)
 

@@ -21,7 +21,7 @@ from consistency.engine.declarations import Invariant, ReferenceParity, Repair, 
 from consistency.engine.registry import registry
 from consistency.models import AuditRun, CheckRun, Drift, RepairLog
 from tests.commands import checkconsistency as run
-from tests.engine.conftest import shape
+from tests.engine.conftest import flush_stats, shape
 from tests.testapp.models import Child, IntRow, Parent
 
 pytestmark = [pytest.mark.django_db(transaction=True, databases=["default", "auth"]), pytest.mark.sqlite]
@@ -199,6 +199,41 @@ def test_runner__check_run_keeps_the_strategy_and_figures(declared: None) -> Non
     assert check_run.strategy == reported["strategy"] != ""
     assert check_run.figures == reported
     assert check_run.figures["candidates"] == 1
+
+
+def test_command__a_check_nothing_touched_since_its_last_run_is_proven_unchanged(
+    declared: None, tmp_path: Any
+) -> None:
+    """The command's own path: a clean full run leaves each side's summary; the next run, with
+    nothing written since, proves both sides unchanged and hashes no row; a write after that is
+    found, its side aggregated, the other still proven."""
+    if connections["default"].vendor != "postgresql":
+        pytest.skip("the proof reads PostgreSQL's xmin")
+    fill("auth", range(1, 31))
+    fill("default", range(1, 31))
+    flush_stats()
+
+    def figures() -> tuple[int, dict[str, Any]]:
+        code, out = run("t_rows", "--format", "json")
+        (check,) = json.loads(out)["checks"]
+        return code, {**check["figures"], "compared": check["compared"]}
+
+    with override_settings(CONSISTENCY={"RANGE_CACHE_DIR": str(tmp_path), "SETTLE_SECONDS": 0}):
+        first_code, first = figures()
+        second_code, second = figures()
+        IntRow.objects.using("default").filter(id=12).update(name="drifted")
+        flush_stats()
+        third_code, third = figures()
+
+    assert (first_code, first["strategy"], first.get("proven_sides")) == (0, "aggregate", None)
+    assert (second_code, second["strategy"], second["proven_sides"], second["compared"]) == (
+        0,
+        "unchanged",
+        2,
+        30,
+    )
+    assert (third_code, third["strategy"], third["proven_sides"]) == (1, "aggregate+stream", 1)
+    assert CheckRun.objects.order_by("-id").values_list("strategy", flat=True)[1] == "unchanged"
 
 
 def test_runner__acknowledged_drift_stays_acknowledged(declared: None) -> None:
