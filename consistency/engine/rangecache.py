@@ -19,8 +19,9 @@ server version, the same WAL timeline (a failover or point-in-time recovery fork
 neither WAL position nor transaction ids gone backwards, and fewer than 2^30 transactions
 since the mark. Freezing keeps a row's raw ``xmin`` (PostgreSQL 9.4+), so VACUUM FREEZE does not
 void the proof; a no-op update, or a transaction still running when the mark was taken, only
-sends the audit the longer way (the aggregate). Without the privileges to read the timeline
-(``pg_control_checkpoint`` on a standby), there is no mark and no proof.
+sends the audit the longer way (the aggregate). Where the audit's role may not execute the
+functions a mark is read with (``MARK_FUNCTIONS``: every role may by default; a hardened
+database may revoke them), there is no mark and no proof, and the audit hashes as before.
 
 **The records** of a full streaming scan (``RowSide.plan``'s TID ranges): per range its rows
 and the XOR of their fingerprints (its digest), plus the side's (fingerprint, TID) records in
@@ -78,15 +79,23 @@ _COPY_CHUNK = 8 << 20
 WINDOW = 1 << 30
 # The mark of the statement's snapshot: scalar subqueries (run once, by the leader, so a
 # parallel aggregate stays parallel). The timeline comes from the current WAL file's name on a
-# primary, from the last restartpoint on a standby (NULL without the right to read it).
+# primary, from the last restartpoint on a standby. PostgreSQL checks the right to execute each
+# function when the statement starts, whichever CASE branch runs, so it is only sent where
+# ``_privileges`` found every one of ``MARK_FUNCTIONS`` executable.
 MARK_SQL = (
     "(SELECT pg_current_snapshot()::text), "
     "(SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()"
     " ELSE pg_current_wal_lsn() END)::text), "
     "(SELECT CASE WHEN NOT pg_is_in_recovery()"
     " THEN ('x' || left(pg_walfile_name(pg_current_wal_lsn()), 8))::bit(32)::int"
-    " WHEN has_function_privilege('pg_control_checkpoint()', 'EXECUTE')"
-    " THEN (SELECT timeline_id FROM pg_control_checkpoint()) END)"
+    " ELSE (SELECT timeline_id FROM pg_control_checkpoint()) END)"
+)
+MARK_FUNCTIONS = (
+    "pg_current_snapshot()",
+    "pg_last_wal_replay_lsn()",
+    "pg_current_wal_lsn()",
+    "pg_walfile_name(pg_lsn)",
+    "pg_control_checkpoint()",
 )
 
 
@@ -106,7 +115,7 @@ class Mark:
 
     @classmethod
     def parse(cls, snapshot: str | None, lsn: str | None, timeline: int | None) -> Mark | None:
-        """From ``MARK_SQL``'s three columns; None when one is missing (no right to read it)."""
+        """From ``MARK_SQL``'s three columns; None when one is missing."""
         if snapshot is None or lsn is None or timeline is None:
             return None
         xmin, xmax, _running = snapshot.split(":", 2)
@@ -180,8 +189,11 @@ def _mark(stored: dict[str, Any] | None) -> Mark | None:
 class SideCache:
     """One side's cache directory, locked for this audit: its summary and its records."""
 
-    def __init__(self, path: Path, lock_fd: int, identity: dict[str, Any], size: int | None) -> None:
+    def __init__(
+        self, path: Path, lock_fd: int, identity: dict[str, Any], size: int | None, marks: bool = True
+    ) -> None:
         self.path, self._lock_fd, self.identity = path, lock_fd, identity
+        self.marks = marks  # this connection may read a snapshot's mark (``MARK_FUNCTIONS``)
         self._size = size  # the IBLT size this audit's records must have (None: not reading them)
         self.summary: Summary | None = None
         self._records: dict[str, Any] | None = None  # as stored, kept when not read
@@ -211,7 +223,13 @@ class SideCache:
         except OSError:
             os.close(fd)
             return None
-        cache = cls(path, fd, _identity(side), None if cells is None else size_for(cells))
+        try:
+            marks, system = _privileges(side)
+            identity = _identity(side, system)
+        except BaseException:
+            os.close(fd)  # (the lock goes with it)
+            raise
+        cache = cls(path, fd, identity, None if cells is None else size_for(cells), marks)
         cache._load(side.locator_size)
         return cache
 
@@ -273,7 +291,27 @@ class SideCache:
             table.items = int(data["items"])
         return table
 
-    # -- the proof -----------------------------------------------------------------------
+    # -- marks and the proof -----------------------------------------------------------
+    def read_mark(self, side: RowSide) -> Mark | None:
+        """The mark of the current statement's snapshot (in REPEATABLE READ: the transaction's);
+        None where this connection may not read one."""
+        if not self.marks:
+            return None
+        with side.connection.cursor() as cursor:
+            cursor.execute(f"SELECT {MARK_SQL}", [])
+            return Mark.parse(*cursor.fetchone())
+
+    def marked_aggregate(self, side: RowSide) -> tuple[tuple[int, int], Mark | None]:
+        """``RowSide.aggregate`` with the mark of the snapshot it read, in the same statement."""
+        if not self.marks:
+            return side.aggregate(), None
+        with side.connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT count(*), COALESCE(bit_xor({side.fp_sql()}), 0), {MARK_SQL} FROM {side.table}", []
+            )
+            rows, digest, *mark = cursor.fetchone()
+        return (int(rows), int(digest)), Mark.parse(*mark)
+
     def provable(self, now: Mark | None) -> bool:
         """Whether the records' ranges can be proven unchanged from the rows' xmin at ``now``."""
         return now is not None and self.records_mark is not None and now.follows(self.records_mark)
@@ -282,7 +320,7 @@ class SideCache:
         """The side's (rows, digest) when it provably has not changed since the summary
         (``prove_unchanged``), else None. Not tried when the write counters moved (it would fail)."""
         summary = self.summary
-        if summary is None or summary.mark is None:
+        if summary is None or summary.mark is None or not self.marks:
             return None
         if counters is not None and summary.counters is not None and counters != summary.counters:
             return None
@@ -414,23 +452,6 @@ def write_counters(side: RowSide) -> list[int] | None:
     return [int(n) for n in counts] if tracked else None
 
 
-def read_mark(side: RowSide) -> Mark | None:
-    """The mark of the current statement's snapshot (in REPEATABLE READ: the transaction's)."""
-    with side.connection.cursor() as cursor:
-        cursor.execute(f"SELECT {MARK_SQL}", [])
-        return Mark.parse(*cursor.fetchone())
-
-
-def marked_aggregate(side: RowSide) -> tuple[tuple[int, int], Mark | None]:
-    """``RowSide.aggregate`` with the mark of the snapshot it read, in the same statement."""
-    with side.connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT count(*), COALESCE(bit_xor({side.fp_sql()}), 0), {MARK_SQL} FROM {side.table}", []
-        )
-        rows, digest, *mark = cursor.fetchone()
-    return (int(rows), int(digest)), Mark.parse(*mark)
-
-
 def written_sql(side: RowSide, mark: Mark) -> str:
     """An aggregate: the rows written by a transaction that had not finished when ``mark``'s
     snapshot was taken (``age(xmin)`` from 0 to the mark's xmin's; exact while the current mark
@@ -457,22 +478,33 @@ def prove_unchanged(side: RowSide, summary: Summary) -> Mark | None:
     return now
 
 
-def _identity(side: RowSide) -> dict[str, Any]:
-    """What the cache must match: cluster, database, table storage, server version, fingerprint SQL."""
+def _privileges(side: RowSide) -> tuple[bool, bool]:
+    """Whether this connection's role may execute every one of ``MARK_FUNCTIONS`` (to read
+    marks) and ``pg_control_system()`` (the cluster's system identifier). Superusers may; a
+    hardened database may have revoked them from PUBLIC, and then the cache goes without."""
+    names = [*MARK_FUNCTIONS, "pg_control_system()"]
+    with side.connection.cursor() as cursor:
+        cursor.execute("SELECT " + ", ".join("has_function_privilege(%s, 'EXECUTE')" for _ in names), names)
+        *marks, system = cursor.fetchone()
+    return all(marks), bool(system)
+
+
+def _identity(side: RowSide, system: bool) -> dict[str, Any]:
+    """What the cache must match: cluster (when ``system`` may be read), database, table storage,
+    server version, fingerprint SQL."""
+    identifier = "(SELECT system_identifier FROM pg_control_system())" if system else "NULL"
     with side.connection.cursor() as cursor:
         cursor.execute(
-            """SELECT d.oid::bigint, c.oid::bigint, c.relfilenode::bigint, current_database(),
-                      current_setting('server_version_num')::int,
-                      CASE WHEN has_function_privilege('pg_control_system()', 'EXECUTE')
-                           THEN (SELECT system_identifier FROM pg_control_system()) END
-               FROM pg_database d, pg_class c
-               WHERE d.datname = current_database() AND c.oid = %s::regclass""",
+            f"""SELECT d.oid::bigint, c.oid::bigint, c.relfilenode::bigint, current_database(),
+                       current_setting('server_version_num')::int, {identifier}
+                FROM pg_database d, pg_class c
+                WHERE d.datname = current_database() AND c.oid = %s::regclass""",
             [side.regclass],
         )
-        db_oid, table_oid, filenode, name, version, system = cursor.fetchone()
+        db_oid, table_oid, filenode, name, version, system_id = cursor.fetchone()
     sql = hashlib.sha256(side.fp_sql().encode()).hexdigest()
     return {
-        "system": None if system is None else str(system),
+        "system": None if system_id is None else str(system_id),
         "database": [int(db_oid), str(name)],
         "table": [int(table_oid), int(filenode), side.regclass],
         "server": int(version),

@@ -183,7 +183,7 @@ def _aggregates(
 def _summarised(side: RowSide, index: int, cache_key: str) -> tuple[tuple[int, int], bool]:
     """The side's (rows, digest): its summary's when it is proven unchanged since, else its
     aggregate, which becomes the summary (``rangecache``)."""
-    from consistency.engine.rangecache import SideCache, marked_aggregate, write_counters
+    from consistency.engine.rangecache import SideCache, write_counters
 
     cache = SideCache.open(cache_key, index, side)
     if cache is None:  # caching off, or another audit of the check holds it
@@ -193,7 +193,7 @@ def _summarised(side: RowSide, index: int, cache_key: str) -> tuple[tuple[int, i
         proven = cache.proven(side, counters)
         if proven is not None:
             return proven, True
-        totals, mark = marked_aggregate(side)
+        totals, mark = cache.marked_aggregate(side)
         cache.note_summary(totals, mark, counters)
         return totals, False
     finally:
@@ -475,12 +475,12 @@ def _cached_side(
     None when more than half of the ranges moved (a full scan costs less than the digests
     and the partial update together).
     """
-    from consistency.engine.rangecache import Unit, marked_aggregate, written_sql
+    from consistency.engine.rangecache import Unit, written_sql
 
     now_totals = totals if totals is not None else cache.proven(side, counters)
     proven = totals is None and now_totals is not None
     if now_totals is None and counters is not None and counters == cache.counters:
-        now_totals, now_mark = marked_aggregate(side)  # this snapshot's: the scan's mark
+        now_totals, now_mark = cache.marked_aggregate(side)  # this snapshot's: the scan's mark
         cache.note_summary(now_totals, now_mark, counters)
     if now_totals is not None and now_totals == cache.totals():
         if progress is not None:
@@ -585,7 +585,7 @@ def _side(
     """One side, in its own thread: scan into IBLTs and spill files, report, wait for the
     fingerprints to fetch, fetch them in the same snapshot; return the fetched rows by key."""
     from consistency.engine.ibltsize import cells_for_rows
-    from consistency.engine.rangecache import SideCache, StaleCache, read_mark, write_counters
+    from consistency.engine.rangecache import SideCache, StaleCache, write_counters
 
     parts: list[_Part] = []
     cache: SideCache | None = None
@@ -598,7 +598,7 @@ def _side(
             if cache_key and side.dialect == "sql" and since is None:
                 cache = SideCache.open(cache_key, index, side, cells)
                 if cache is not None:
-                    counters, mark = write_counters(side), read_mark(side)
+                    counters, mark = write_counters(side), cache.read_mark(side)
             digested = False
             # Writes spread over most ranges make the digests a waste; the range proof is cheap
             # enough to try whatever the counters say (writes are often in a few ranges).

@@ -390,18 +390,18 @@ def test_range_cache__counters_choose_the_path_but_the_aggregate_decides(
 def aggregates_taken(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The aliases of every aggregate an audit runs from now on (plain or marked)."""
     calls: list[str] = []
-    plain, marked = rowside.RowSide.aggregate, rangecache.marked_aggregate
+    plain, marked = rowside.RowSide.aggregate, rangecache.SideCache.marked_aggregate
 
     def counted(self: rowside.RowSide, since: dt.datetime | None = None) -> tuple[int, int]:
         calls.append(self.alias)
         return plain(self, since)
 
-    def counted_marked(side: rowside.RowSide) -> Any:
+    def counted_marked(self: rangecache.SideCache, side: rowside.RowSide) -> Any:
         calls.append(side.alias)
-        return marked(side)
+        return marked(self, side)
 
     monkeypatch.setattr(rowside.RowSide, "aggregate", counted)
-    monkeypatch.setattr(rangecache, "marked_aggregate", counted_marked)
+    monkeypatch.setattr(rangecache.SideCache, "marked_aggregate", counted_marked)
     return calls
 
 

@@ -7,8 +7,9 @@ PostgreSQL only (``range_cache`` skips elsewhere): the proof reads each row's ``
 from __future__ import annotations
 
 import json
+import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -184,3 +185,50 @@ def test_an_index_it_did_not_write_is_ignored(tables: None, range_cache: Any) ->
     findings, stats = audit(decl, cache_key=decl.name, strategy="aggregate")
 
     assert (findings, stats.strategy, stats.extra["proven_sides"]) == ([], "aggregate", 1)
+
+
+@pytest.fixture
+def limited_target(tables: None) -> Iterator[None]:
+    """``default`` connections act as a role that is no superuser and, in that database, may not
+    execute ``pg_control_checkpoint()`` or ``pg_control_system()`` (revoked from PUBLIC, as a
+    hardened database may)."""
+    role = f"consistency_limited_{os.getpid()}"
+    with connections["default"].cursor() as cursor:
+        cursor.execute(f"CREATE ROLE {role}")
+        cursor.execute(f"GRANT ALL ON TABLE t_int_rows TO {role}")
+        for function in ("pg_control_checkpoint()", "pg_control_system()"):
+            cursor.execute(f"REVOKE EXECUTE ON FUNCTION {function} FROM PUBLIC")
+    saved = dict(connections.settings["default"]["OPTIONS"])
+    connections["default"].close()
+    connections.settings["default"]["OPTIONS"] = {**saved, "assume_role": role}
+    try:
+        yield
+    finally:
+        connections["default"].close()
+        connections.settings["default"]["OPTIONS"] = saved
+        with connections["default"].cursor() as cursor:
+            for function in ("pg_control_checkpoint()", "pg_control_system()"):
+                cursor.execute(f"GRANT EXECUTE ON FUNCTION {function} TO PUBLIC")
+            cursor.execute(f"DROP OWNED BY {role}")
+            cursor.execute(f"DROP ROLE {role}")
+
+
+def test_a_role_that_may_not_read_a_mark_audits_as_before(range_cache: Any, limited_target: None) -> None:
+    """No mark on that side, so no proof: its aggregate runs every time, and drift is found."""
+    fill(IntRow, "auth", range(1, 2001))
+    fill(IntRow, "default", range(1, 2001))
+    decl = declare(IntRow)
+    with connections["default"].cursor() as cursor:
+        cursor.execute("SELECT current_user, has_function_privilege('pg_control_checkpoint()', 'EXECUTE')")
+        assert cursor.fetchone()[1] is False  # the role is in force
+
+    first = audit(decl, cache_key=decl.name, strategy="aggregate")
+    second = audit(decl, cache_key=decl.name, strategy="aggregate")
+    IntRow.objects.using("default").filter(id=1700).update(name="drifted")
+    third = audit(decl, cache_key=decl.name, strategy="aggregate")[0]
+
+    assert [(f, s.strategy) for f, s in (first, second)] == [([], "aggregate"), ([], "aggregate")]
+    assert second[1].extra.get("proven_sides", 0) <= 1  # the source's, at most
+    assert kinds(third) == {"mismatch": {"1700"}}
+    (index,) = range_cache.glob("*/1-*/index.json")
+    assert json.loads(index.read_text())["summary"]["mark"] is None
