@@ -175,6 +175,30 @@ def test_a_mark_too_many_transactions_ago_is_not_trusted(
     assert (findings, stats.strategy, stats.extra.get("proven_sides")) == ([], "aggregate", None)
 
 
+def spend_transaction_ids(n: int) -> None:
+    with connections["default"].cursor() as cursor:
+        for _ in range(n):
+            cursor.execute("SELECT pg_current_xact_id()")  # each its own transaction, committed
+
+
+def test_a_proof_near_the_window_moves_the_mark_so_a_quiet_table_stays_proven(
+    tables: None, range_cache: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past a quarter of the window since the mark, a proven side notes the proof's own mark: a
+    table nobody writes to is never pushed out of the window by the rest of the cluster."""
+    decl = summarised()
+    mark_then = json.loads(index_of(range_cache, 1).read_text())["summary"]["mark"]
+    monkeypatch.setattr(rangecache, "WINDOW", 8)
+    spend_transaction_ids(3)  # past 8 // 4 since the mark, within 8
+
+    assert audit(decl, cache_key=decl.name, strategy="aggregate")[1].strategy == "unchanged"
+    mark_now = json.loads(index_of(range_cache, 1).read_text())["summary"]["mark"]
+    assert mark_now["xmin"] >= mark_then["xmin"] + 3
+    spend_transaction_ids(3)  # 6 from the moved mark; 9 or more from the first
+
+    assert audit(decl, cache_key=decl.name, strategy="aggregate")[1].strategy == "unchanged"
+
+
 def test_an_index_it_did_not_write_is_ignored(tables: None, range_cache: Any) -> None:
     decl = summarised()
     index = index_of(range_cache, 0)
