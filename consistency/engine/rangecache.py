@@ -260,13 +260,13 @@ class SideCache:
         if not records:
             return
         self._records = records
+        self.records_mark = _mark(records.get("mark"))  # (kept in step by a summary-only opening)
         if self._size is None or (records["size"], records["locator_size"]) != (self._size, locator_size):
             return
         self.units = [Unit(**u) for u in records["units"]]
         self.files = [str(name) for name in records["files"]]
         self.cells = int(records["cells"])
         self.counters = records["counters"]
-        self.records_mark = _mark(records.get("mark"))
         self.valid = bool(self.units) and all(
             (self.path / f"{name}.fps").exists() and (self.path / f"{name}.loc").exists()
             for name in self.files
@@ -312,6 +312,17 @@ class SideCache:
             rows, digest, *mark = cursor.fetchone()
         return (int(rows), int(digest)), Mark.parse(*mark)
 
+    def records_current(self) -> bool:
+        """Whether the records are known to hold the very row versions, at their TIDs, that the
+        summary's snapshot saw: both were written at one mark, or moved on together by proofs.
+        A summary the aggregate left since (the side was written to, perhaps with the same
+        values, at new TIDs) leaves the records' TIDs in doubt."""
+        return (
+            self.records_mark is not None
+            and self.summary is not None
+            and self.summary.mark == self.records_mark
+        )
+
     def provable(self, now: Mark | None) -> bool:
         """Whether the records' ranges can be proven unchanged from the rows' xmin at ``now``."""
         return now is not None and self.records_mark is not None and now.follows(self.records_mark)
@@ -324,11 +335,13 @@ class SideCache:
             return None
         if counters is not None and summary.counters is not None and counters != summary.counters:
             return None
+        current = self.records_current()
         now = prove_unchanged(side, summary)
         if now is None:
             return None
         if now.xmax - summary.mark.xmin > WINDOW // 4:
-            self.note_summary(summary.totals, now, summary.counters)  # keep the mark within reach
+            # Keep the mark within reach; records current at the old mark are at the new one.
+            self.note_summary(summary.totals, now, summary.counters, records=current)
         return summary.totals
 
     # -- files -------------------------------------------------------------------------

@@ -483,7 +483,13 @@ def _cached_side(
     if now_totals is None and counters is not None and counters == cache.counters:
         now_totals, now_mark = cache.marked_aggregate(side)  # this snapshot's: the scan's mark
         cache.note_summary(now_totals, now_mark, counters)
-    if now_totals is not None and now_totals == cache.totals():
+    # Equal totals say the rows hold the records' values, not that they sit at the records'
+    # TIDs: a side rewritten with the same values since (an undo, a no-op update) has moved.
+    # Where the rows' xmin can tell, the records are taken on equal totals only when they are
+    # current at the summary's mark; else the ranges are looked at. Without marks, a stale TID
+    # is caught when its candidate is fetched (StaleCache).
+    exact = cache.records_current() or not cache.provable(mark)
+    if now_totals is not None and now_totals == cache.totals() and exact:
         if progress is not None:
             progress(now_totals[0])
         old = _spills(side, cache.open_files())

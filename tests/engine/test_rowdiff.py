@@ -423,6 +423,29 @@ def test_range_cache__a_side_the_aggregate_pass_settles_is_not_aggregated_again(
     assert stats.extra["proven_sides"] == 1
 
 
+def test_range_cache__a_side_rewritten_with_its_own_values_is_looked_at_not_taken(
+    tables: None, range_cache: Any
+) -> None:
+    """Rows rewritten with their own values (an undo, a no-op update) leave the side's totals
+    as the records have them, at new TIDs. The aggregate pass finds the totals equal, but rows
+    were written since the records' mark: the ranges are looked at and the moved one streamed,
+    instead of taking stale TIDs, failing on them and scanning both sides again."""
+    decl = audited_clean()
+    with connections["auth"].cursor() as cursor:
+        cursor.execute("UPDATE t_int_rows SET name = name WHERE id <= 50")
+    IntRow.objects.using("default").filter(id=20).update(name="drifted")
+    flush_stats()
+
+    findings, stats = audit(decl, cache_key=decl.name, strategy="aggregate")
+
+    assert kinds(findings) == {"mismatch": {"20"}}
+    assert "stale_cache" not in stats.extra
+    assert stats.strategy == "aggregate+ranges+stream"
+    # The source's records are current again: the next audit takes them on its proof.
+    again, again_stats = audit(decl, cache_key=decl.name)
+    assert (kinds(again), again_stats.strategy) == ({"mismatch": {"20"}}, "cached")
+
+
 def digests_read(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The first block of every range whose digest an audit reads from now on (it hashes its rows)."""
     starts: list[int] = []

@@ -199,6 +199,35 @@ def test_a_proof_near_the_window_moves_the_mark_so_a_quiet_table_stays_proven(
     assert audit(decl, cache_key=decl.name, strategy="aggregate")[1].strategy == "unchanged"
 
 
+def test_records_current_at_the_mark_move_on_with_it(
+    tables: None, range_cache: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A proof that moves the summary's mark moves the records' with it when they were current
+    at it: the next scan takes them on its proof alone (``cached``), no range looked at."""
+    fill(IntRow, "auth", range(1, 2001))
+    fill(IntRow, "default", range(1, 2001))
+    IntRow.objects.using("default").filter(id=7).update(name="drifted")
+    flush_stats()
+    decl = declare(IntRow)
+    assert kinds(audit(decl, cache_key=decl.name)[0]) == {"mismatch": {"7"}}  # the records written
+    monkeypatch.setattr(rangecache, "WINDOW", 8)
+    spend_transaction_ids(3)
+
+    findings, stats = audit(decl, cache_key=decl.name)
+
+    assert (kinds(findings), stats.strategy) == ({"mismatch": {"7"}}, "cached")
+    for side in (0, 1):
+        index = json.loads(index_of(range_cache, side).read_text())
+        assert index["records"]["mark"] == index["summary"]["mark"]
+    spend_transaction_ids(3)  # 9 or more from the records' first mark: out of the window
+    findings, stats = audit(decl, cache_key=decl.name)
+    assert (kinds(findings), stats.strategy, stats.extra["proven_sides"]) == (
+        {"mismatch": {"7"}},
+        "cached",
+        2,
+    )
+
+
 def test_an_index_it_did_not_write_is_ignored(tables: None, range_cache: Any) -> None:
     decl = summarised()
     index = index_of(range_cache, 0)
