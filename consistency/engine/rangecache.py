@@ -465,14 +465,16 @@ def write_counters(side: RowSide) -> list[int] | None:
     return [int(n) for n in counts] if tracked else None
 
 
-def written_sql(side: RowSide, mark: Mark) -> str:
-    """An aggregate: the rows written by a transaction that had not finished when ``mark``'s
+def written_where(side: RowSide, mark: Mark) -> str:
+    """A condition: the row was written by a transaction that had not finished when ``mark``'s
     snapshot was taken (``age(xmin)`` from 0 to the mark's xmin's; exact while the current mark
     ``follows`` it). An integer literal, so the statement runs with ``[]``."""
-    return (
-        f"count(*) FILTER (WHERE age({side.table}.xmin)"
-        f" BETWEEN 0 AND (SELECT age(xid('{int(mark.xmin)}'::xid8))))"
-    )
+    return f"age({side.table}.xmin) BETWEEN 0 AND (SELECT age(xid('{int(mark.xmin)}'::xid8)))"
+
+
+def written_sql(side: RowSide, mark: Mark) -> str:
+    """An aggregate: how many rows ``written_where``."""
+    return f"count(*) FILTER (WHERE {written_where(side, mark)})"
 
 
 def prove_unchanged(side: RowSide, summary: Summary) -> Mark | None:

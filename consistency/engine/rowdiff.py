@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from consistency.engine.iblt import IBLT
-    from consistency.engine.rangecache import Mark, SideCache
+    from consistency.engine.rangecache import Mark, SideCache, Unit
     from consistency.engine.rowside import Chunk, ScanPlan
 
 logger = logging.getLogger("consistency.audit")
@@ -240,6 +240,15 @@ class Spill:
         self.fps.seek(offset * 8)
         return np.frombuffer(self.fps.read(rows * 8), dtype="<i8")
 
+    def read(self, offset: int, rows: int) -> tuple[np.ndarray, bytes]:
+        """Records ``offset`` to ``offset + rows``: (fingerprints, locators), by ``pread``, so
+        that several threads may read one spill at once."""
+        import numpy as np
+
+        fps = os.pread(self.fps.fileno(), rows * 8, offset * 8)
+        size = self.locator_size
+        return np.frombuffer(fps, dtype="<i8"), os.pread(self.locators.fileno(), rows * size, offset * size)
+
     def write(self, fps: np.ndarray, locators: bytes) -> None:
         self.fps.write(fps.astype("<i8", copy=False).tobytes())
         self.locators.write(locators)
@@ -309,6 +318,11 @@ class _Part:
         self.name = name  # the range cache's name for the files, when they are the cache's
         self.units: dict[int, tuple[int, int, int]] = {}  # unit -> (offset, rows, digest)
         self.digests: dict[int, tuple[int, int]] = {}  # unit -> (rows, digest), digest-only passes
+        # Ranges of a cached side: streamed whole (their records are all in ``table``), or
+        # updated from their written rows (``_delta``: the cached IBLT loses ``removed``, gains ``added``).
+        self.streamed: set[int] = set()
+        self.removed: list[np.ndarray] = []
+        self.added: list[np.ndarray] = []
 
     def add(self, chunks: Iterator[Chunk], progress: Progress | None, unit: int = -1) -> None:
         import numpy as np
@@ -476,7 +490,7 @@ def _cached_side(
     None when more than half of the ranges moved (a full scan costs less than the partial
     update).
     """
-    from consistency.engine.rangecache import Unit, written_sql
+    from consistency.engine.rangecache import Unit, written_sql, written_where
 
     now_totals = totals if totals is not None else cache.proven(side, counters)
     proven = totals is None and now_totals is not None
@@ -516,7 +530,13 @@ def _cached_side(
     # A proven range holds the records' rows and none written since; a digested one, the same
     # count and XOR of fingerprints.
     moved = [n for n, u in enumerate(cache.units) if now[n] != (u.rows, 0 if proving else u.digest)]
-    if len(moved) * 2 > len(cache.units):
+    if proving:
+        # Only the written rows of a moved range are hashed (``_delta``): a full scan costs
+        # less only when most rows were written.
+        too_many = sum(now[n][1] for n in moved) * 2 > sum(rows for rows, _ in now.values())
+    else:
+        too_many = len(moved) * 2 > len(cache.units)
+    if too_many:
         return None  # the full scan that follows reports the progress
     if progress is not None:
         progress(sum(rows for rows, _ in now.values()))
@@ -530,13 +550,33 @@ def _cached_side(
 
     def stream(part: _Part, number: int, sql: str, params: list[Any]) -> None:
         part.add(side.stream_unit(sql, params), None, number)
+        part.streamed.add(number)
 
-    _run(side, plan, parts, moved, stream)
-    for number in moved:
+    def delta(part: _Part, number: int, sql: str, params: list[Any]) -> None:
         unit = cache.units[number]
-        table.remove(old[unit.file].segment(unit.offset, unit.rows))
+        rows, written = now[number]
+        if not _delta(side, part, number, unit, old[unit.file], rows - written, written, written_cond, plan):
+            stream(part, number, sql, params)
+
+    if proving and cache.records_mark is not None:
+        written_cond = written_where(side, cache.records_mark)
+        _run(side, plan, parts, moved, delta)
+    else:
+        _run(side, plan, parts, moved, stream)
     for part in parts:
+        for number in part.streamed:
+            unit = cache.units[number]
+            table.remove(old[unit.file].segment(unit.offset, unit.rows))
         table.merge(part.table)
+        for fps in part.removed:
+            table.remove(fps)
+        for fps in part.added:
+            table.add(fps)
+    passes = ["ranges"]
+    if any(len(p.units) > len(p.streamed) for p in parts):
+        passes.append("delta")
+    if any(p.streamed for p in parts):
+        passes.append("stream")
     # Rewrite the records in range order: unchanged ranges from the cache, moved ones from the parts.
     name, fps, loc = cache.new_file()
     out = Spill(side.locator_size, (fps, loc))
@@ -560,7 +600,64 @@ def _cached_side(
     fps.flush()
     loc.flush()
     cache.save(units, [name], table, counters, mark, side.locator_size)
-    return _SideScan(table, [out], len(parts), cached=True, opened=[out], strategy="ranges+stream")
+    return _SideScan(table, [out], len(parts), cached=True, opened=[out], strategy="+".join(passes))
+
+
+def _tid_keys(tids: bytes) -> np.ndarray:
+    """TIDs as ``tidsend`` sends them (block uint32, line uint16, big-endian) as sortable uint64."""
+    import numpy as np
+
+    parsed = np.frombuffer(tids, dtype=[("block", ">u4"), ("line", ">u2")])
+    return (parsed["block"].astype(np.uint64) << np.uint64(16)) | parsed["line"].astype(np.uint64)
+
+
+def _delta(
+    side: RowSide,
+    part: _Part,
+    number: int,
+    unit: Unit,
+    spill: Spill,
+    kept: int,
+    written: int,
+    written_cond: str,
+    plan: ScanPlan,
+) -> bool:
+    """Bring one moved range's records up to date from the rows written since them, into
+    ``part``; False (nothing done) where the database's answer does not square with the records.
+
+    The range holds ``kept`` rows written before the records' mark, and ``written`` since
+    (``rangecache.written_where``). A row not written since is a row version the records
+    hold, at the same TID: so the records' rows are the kept ones, plus ``unit.rows - kept``
+    gone since (deleted, updated, or written by a transaction that was still open at the mark).
+    Only the written rows are hashed and sent; when some of the records' rows are gone, the
+    kept rows' TIDs are sent too (6 bytes a row, no hashing), and the records at other TIDs
+    are the ones gone."""
+    import numpy as np
+
+    gone = unit.rows - kept
+    if gone < 0:
+        return False
+    start, end = plan.bounds[number]
+    fps, tids, kept_tids = side.delta_unit(side.delta_sql(start, end, written_cond, kept=gone > 0))
+    if len(fps) != written:
+        return False
+    old_fps, old_locators = spill.read(unit.offset, unit.rows)
+    removed = np.empty(0, dtype=np.int64)
+    if gone:
+        held = np.isin(_tid_keys(old_locators), _tid_keys(kept_tids or b""))
+        if int(held.sum()) != kept or len(kept_tids or b"") != kept * side.locator_size:
+            return False
+        removed = old_fps[~held]
+        old_fps = old_fps[held]
+        old_locators = np.frombuffer(old_locators, dtype=f"V{side.locator_size}")[held].tobytes()
+    new_fps = np.concatenate([old_fps, fps])
+    offset = part.spill.rows
+    part.spill.write(new_fps, old_locators + tids)
+    digest = int(np.bitwise_xor.reduce(new_fps)) if len(new_fps) else 0
+    part.units[number] = (offset, len(new_fps), digest)
+    part.removed.append(removed)
+    part.added.append(fps)
+    return True
 
 
 def _scattered(cache: SideCache, counters: list[int] | None) -> bool:
@@ -752,7 +849,7 @@ def _scan(
                 proven = int(a.proven) + int(b.proven)
                 stats.extra["proven_sides"] = max(stats.extra.get("proven_sides", 0), proven)
             passes = {p for side in (a, b) for p in side.strategy.split("+")}
-            scan = "+".join(p for p in ("cached", "ranges", "stream") if p in passes)
+            scan = "+".join(p for p in ("cached", "ranges", "delta", "stream") if p in passes)
             stats.strategy = scan if stats.strategy == "stream" else f"{stats.strategy}+{scan}"
             only_source, only_target = _decode(a, b, stats)
             wanted[0].set_result(only_source)

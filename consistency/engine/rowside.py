@@ -228,6 +228,34 @@ class RowSide:
         upper = "" if end is None else f" AND ctid < '({int(end)},0)'::tid"
         return f" WHERE ctid >= '({int(start)},0)'::tid{upper}"
 
+    def delta_sql(self, start: int, end: int | None, written: str, kept: bool) -> str:
+        """One TID range's rows ``written`` (a condition) since the range cache's records, as
+        (fingerprints, TIDs) blobs; with ``kept``, a third blob: the TIDs of the other rows,
+        the records' rows still there. No row but a written one is hashed."""
+        where = self.range_where(start, end)
+        if not kept:
+            return self.packed_sql(f"{where} AND {written}")
+        tid = f"tidsend({self.table}.ctid)"
+        return (
+            f"SELECT string_agg(int8send({self.fp_sql()}), ''::bytea) FILTER (WHERE {written}),"
+            f" string_agg({tid}, ''::bytea) FILTER (WHERE {written}),"
+            f" string_agg({tid}, ''::bytea) FILTER (WHERE NOT ({written}))"
+            f" FROM {self.table}{where}"
+        )
+
+    def delta_unit(self, sql: str) -> tuple[np.ndarray, bytes, bytes | None]:
+        """Run ``delta_sql``: (written fingerprints, their TIDs, the kept TIDs or None)."""
+        import numpy as np
+
+        self.connection.ensure_connection()
+        with psycopg.Cursor(self.connection.connection) as cursor:
+            cursor.execute(sql, [], binary=True)
+            row = cursor.fetchone()
+        if row is None:  # (an aggregate always answers one row)
+            raise RuntimeError(f"{self.label}: no answer to a range delta")
+        written = np.frombuffer(row[0] or b"", dtype=">i8").astype(np.int64)
+        return written, bytes(row[1] or b""), bytes(row[2] or b"") if len(row) > 2 else None
+
     def packed_sql(self, where: str = "", tail: str = "") -> str:
         """The (fingerprint, TID) blobs of the rows matching ``where`` (`` WHERE ...``), for
         ``stream_unit``; ``tail`` follows the inner query (``OFFSET 0``, before a GROUP BY)."""

@@ -197,7 +197,7 @@ def test_range_cache__percent_names_take_the_cached_path_then_the_range_digests(
     flush_stats()
     third, third_stats = diff_rows(bind_row_parity(DECL), **audit)
     assert _kinds(third) == sorted([*EXPECTED, ("mismatch", "1500", ("name",))])
-    assert third_stats.strategy == "cached+ranges+stream"  # the target's digests, its moved range
+    assert third_stats.strategy == "cached+ranges+delta"  # the target's moved range, its written row
     _canary_is_intact()
 
 

@@ -343,8 +343,8 @@ def test_range_cache__moved_counters_look_at_the_ranges_then_trust_the_cache_aga
 ) -> None:
     """A write that leaves every range as it was (a row rewritten as it was, on its page): the
     counters moved, so the audit looks at each range. The range proof sees a row written since
-    and streams that one range; the digests (when the records' mark is not on this history) see
-    no range moved and stream nothing. Either way the records are noted as current, and the
+    and reads that one row (``_delta``); the digests (when the records' mark is not on this
+    history) see no range moved and read nothing more. Either way the records are noted as current, and the
     next audit takes the short way again."""
     with connections["auth"].cursor() as cursor:
         cursor.execute("ALTER TABLE t_int_rows SET (fillfactor = 50)")  # room for a HOT update
@@ -365,7 +365,7 @@ def test_range_cache__moved_counters_look_at_the_ranges_then_trust_the_cache_aga
     findings, stats = audit(decl, cache_key=decl.name)
     again, again_stats = audit(decl, cache_key=decl.name)
 
-    expected = "cached+ranges+stream" if proof else "cached+ranges"
+    expected = "cached+ranges+delta" if proof else "cached+ranges"
     assert (kinds(findings), stats.strategy) == ({"mismatch": {"1200"}}, expected)
     assert (len(digests) == 0) == proof  # the digests of every range, or of none
     assert cached_counters(range_cache, 0) != before
@@ -376,7 +376,7 @@ def test_range_cache__counters_choose_the_path_but_the_aggregate_decides(
     tables: None, range_cache: Any
 ) -> None:
     """A change the counters do not show yet (their flush lags): the aggregate disagrees with
-    the cache, so the side reads its range digests and the change is found."""
+    the cache, so the side looks at its ranges and the change is found."""
     decl = audited_clean()
     IntRow.objects.using("default").filter(id=1700).update(name="drifted")
     flush_stats()
@@ -384,7 +384,7 @@ def test_range_cache__counters_choose_the_path_but_the_aggregate_decides(
 
     findings, stats = audit(decl, cache_key=decl.name)
 
-    assert (kinds(findings), stats.strategy) == ({"mismatch": {"1700"}}, "cached+ranges+stream")
+    assert (kinds(findings), stats.strategy) == ({"mismatch": {"1700"}}, "cached+ranges+delta")
 
 
 def aggregates_taken(monkeypatch: pytest.MonkeyPatch) -> list[str]:
@@ -418,7 +418,7 @@ def test_range_cache__a_side_the_aggregate_pass_settles_is_not_aggregated_again(
 
     findings, stats = audit(decl, cache_key=decl.name, strategy="aggregate")
 
-    assert (kinds(findings), stats.strategy) == ({"mismatch": {"1700"}}, "aggregate+cached+ranges+stream")
+    assert (kinds(findings), stats.strategy) == ({"mismatch": {"1700"}}, "aggregate+cached+ranges+delta")
     assert calls == ["default"]  # the target's, in the first pass, once
     assert stats.extra["proven_sides"] == 1
 
@@ -428,7 +428,7 @@ def test_range_cache__a_side_rewritten_with_its_own_values_is_looked_at_not_take
 ) -> None:
     """Rows rewritten with their own values (an undo, a no-op update) leave the side's totals
     as the records have them, at new TIDs. The aggregate pass finds the totals equal, but rows
-    were written since the records' mark: the ranges are looked at and the moved one streamed,
+    were written since the records' mark: the ranges are looked at and the moved one updated,
     instead of taking stale TIDs, failing on them and scanning both sides again."""
     decl = audited_clean()
     with connections["auth"].cursor() as cursor:
@@ -440,7 +440,7 @@ def test_range_cache__a_side_rewritten_with_its_own_values_is_looked_at_not_take
 
     assert kinds(findings) == {"mismatch": {"20"}}
     assert "stale_cache" not in stats.extra
-    assert stats.strategy == "aggregate+ranges+stream"
+    assert stats.strategy == "aggregate+ranges+delta"
     # The source's records are current again: the next audit takes them on its proof.
     again, again_stats = audit(decl, cache_key=decl.name)
     assert (kinds(again), again_stats.strategy) == ({"mismatch": {"20"}}, "cached")
@@ -468,26 +468,92 @@ def break_records_mark(root: Any, side: int) -> None:
     index.write_text(json.dumps(cached))
 
 
-def test_range_cache__a_change_between_audits_is_streamed_and_found(
+def deltas_read(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int, bool]]:
+    """Every range delta an audit reads from now on: (alias, rows hashed, kept TIDs sent)."""
+    read: list[tuple[str, int, bool]] = []
+    real = rowside.RowSide.delta_unit
+
+    def counted(self: rowside.RowSide, sql: str) -> Any:
+        fps, tids, kept = real(self, sql)
+        read.append((self.alias, len(fps), kept is not None))
+        return fps, tids, kept
+
+    monkeypatch.setattr(rowside.RowSide, "delta_unit", counted)
+    return read
+
+
+def streams_read(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The alias of every unit an audit streams (hashing every row of it) from now on."""
+    streamed: list[str] = []
+    real = rowside.RowSide.stream_unit
+
+    def counted(self: rowside.RowSide, sql: str, params: list[Any]) -> Any:
+        streamed.append(self.alias)
+        return real(self, sql, params)
+
+    monkeypatch.setattr(rowside.RowSide, "stream_unit", counted)
+    return streamed
+
+
+def test_range_cache__a_change_between_audits_hashes_only_the_rows_written(
     tables: None, range_cache: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The ranges that moved are told from the rows' xmin (``rangecache.written_sql``), not from
-    digests: no unchanged row is hashed, and only the moved ranges are streamed."""
+    digests; in them only the rows written since are hashed (``_delta``), and a row gone is told
+    from the TIDs of the rows kept. The records so rewritten describe the tables: the next
+    audit finds the same from them alone."""
     decl = audited_clean()
     IntRow.objects.using("default").filter(id=1700).update(name="drifted")
     IntRow.objects.using("auth").filter(id=5).delete()
     flush_stats()
     digests = digests_read(monkeypatch)
+    deltas = deltas_read(monkeypatch)
+    streamed = streams_read(monkeypatch)
 
     findings, stats = audit(decl, cache_key=decl.name)
 
     assert kinds(findings) == {"mismatch": {"1700"}, "extra": {"5"}}
-    assert stats.strategy == "ranges+stream"
-    assert digests == []
+    assert stats.strategy == "ranges+delta"
+    assert (digests, streamed) == ([], [])
+    hashed = Counter[str]()
+    for alias, rows, _ in deltas:
+        hashed[alias] += rows
+    assert hashed == Counter({"default": 1})  # the new version of 1700; nothing on the source
+    assert ("auth", 0, True) in deltas  # the source's range that lost 5: its kept TIDs
+    assert (stats.candidates, stats.extra.get("stale_cache")) == (2, None)
     # The rewritten cache describes the tables now: a third audit finds the same from the
     # aggregates and the cached records alone.
     again, again_stats = audit(decl, cache_key=decl.name)
     assert (kinds(again), again_stats.strategy) == ({"mismatch": {"1700"}, "extra": {"5"}}, "cached")
+    assert (again_stats.candidates, again_stats.extra.get("stale_cache")) == (2, None)
+
+
+def test_range_cache__a_tid_freed_and_taken_by_a_new_row_is_read_as_written(
+    tables: None, range_cache: Any
+) -> None:
+    """A row deleted, its slot freed by VACUUM and taken by a new row: the TID the records hold
+    is there again, with another row. The new row is written since the records, so the old
+    record at that TID is dropped and the new one added; the cached side stays exact."""
+    decl = audited_clean()
+    with connections["auth"].cursor() as cursor:
+        cursor.execute("SELECT ctid::text FROM t_int_rows WHERE id = 10")
+        before = cursor.fetchone()[0]
+        cursor.execute("DELETE FROM t_int_rows WHERE id = 10")
+        cursor.execute("VACUUM t_int_rows")
+    fill(IntRow, "auth", [2500])
+    with connections["auth"].cursor() as cursor:
+        cursor.execute("SELECT ctid::text FROM t_int_rows WHERE id = 2500")
+        assert cursor.fetchone()[0] == before  # the freed slot, taken
+    flush_stats()
+
+    findings, stats = audit(decl, cache_key=decl.name)
+    again, again_stats = audit(decl, cache_key=decl.name)
+
+    expected = {"missing": {"2500"}, "extra": {"10"}}
+    assert (kinds(findings), stats.strategy) == (expected, "cached+ranges+delta")
+    assert (kinds(again), again_stats.strategy) == (expected, "cached")
+    for run in (stats, again_stats):
+        assert (run.candidates, run.extra.get("stale_cache")) == (2, None)
 
 
 def claim_current_counters(root: Any, side: int, alias: str) -> None:
@@ -532,19 +598,37 @@ def test_range_cache__scattered_writes_stream_the_side_without_reading_digests(
 ) -> None:
     """The counters show more updates and deletes than would leave half the ranges untouched,
     were they spread. The range proof, which hashes nothing, still looks (writes are often in a
-    few ranges), finds most ranges moved and streams in full; without it the side streams at
-    once (the digests would only have led there). Either way no digest is read, and the
-    finding is exact."""
+    few ranges) and finds most ranges moved; in them it hashes only the 80 rows written
+    (``_delta``). Without it the side streams at once (the digests would only have led there).
+    Either way no digest is read, and the finding is exact."""
     decl = cached_then_scattered()
     if not proof:
         break_records_mark(range_cache, 1)
     digests = digests_read(monkeypatch)
+    deltas = deltas_read(monkeypatch)
 
     findings, stats = audit(decl, cache_key=decl.name)
 
     assert kinds(findings) == {"mismatch": {str(i) for i in SCATTERED}}
-    assert stats.strategy == ("cached+ranges+stream" if proof else "cached+stream")
+    assert stats.strategy == ("cached+ranges+delta" if proof else "cached+stream")
     assert digests == []
+    assert sum(rows for _, rows, _ in deltas) == (len(SCATTERED) if proof else 0)
+
+
+def test_range_cache__a_side_mostly_rewritten_streams_in_full(
+    tables: None, range_cache: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When most of a side's rows were written since its records, hashing them in the ranges
+    costs as much as a full stream, which then reads the side instead."""
+    decl = audited_clean()
+    IntRow.objects.using("default").filter(id__gt=900).update(name="drifted")
+    flush_stats()
+    deltas = deltas_read(monkeypatch)
+
+    findings, stats = audit(decl, cache_key=decl.name)
+
+    assert kinds(findings) == {"mismatch": {str(i) for i in range(901, 2001)}}
+    assert (stats.strategy, deltas) == ("cached+ranges+stream", [])
 
 
 def test_range_cache__many_writes_in_a_few_ranges_stream_only_those(
@@ -552,36 +636,35 @@ def test_range_cache__many_writes_in_a_few_ranges_stream_only_those(
 ) -> None:
     """200 updates would move every range were they spread; they are the table's first rows,
     so the range proof finds a few ranges moved (the rows' old pages, the pages their new
-    versions went to) and only those are streamed, exactly."""
+    versions went to), only those are read, and in them only the 200 rows written are hashed."""
     decl = audited_clean()
     IntRow.objects.using("default").filter(id__lte=200).update(name="drifted")
     flush_stats()
-    streamed: list[str] = []
-    real = rowside.RowSide.stream_unit
-
-    def counted(self: rowside.RowSide, sql: str, params: list[Any]) -> Any:
-        streamed.append(self.alias)
-        return real(self, sql, params)
-
-    monkeypatch.setattr(rowside.RowSide, "stream_unit", counted)
+    deltas = deltas_read(monkeypatch)
+    streamed = streams_read(monkeypatch)
 
     findings, stats = audit(decl, cache_key=decl.name)
 
     assert kinds(findings) == {"mismatch": {str(i) for i in range(1, 201)}}
-    assert stats.strategy == "cached+ranges+stream"
+    assert stats.strategy == "cached+ranges+delta"
     (index,) = range_cache.glob("*/1-*/index.json")
     ranges = len(json.loads(index.read_text())["records"]["units"])
-    assert 0 < len(streamed) * 4 <= ranges  # a quarter of the ranges at most
-    assert set(streamed) == {"default"}
+    assert 0 < len(deltas) * 4 <= ranges  # a quarter of the ranges at most
+    assert {alias for alias, _, _ in deltas} == {"default"}
+    assert (sum(rows for _, rows, _ in deltas), streamed) == (200, [])
 
 
-def test_range_cache__progress_counts_each_row_once_when_the_digests_fall_back(
-    tables: None, range_cache: Any
+@pytest.mark.parametrize("proof", [True, False], ids=["range proof", "range digests"])
+def test_range_cache__progress_counts_each_row_once_when_the_ranges_are_looked_at(
+    tables: None, range_cache: Any, proof: bool
 ) -> None:
-    """More than half the ranges moved though the counters did not show it: the side reads its
-    digests, then streams in full, and the progress still adds up to both sides' rows, once."""
+    """More than half the ranges moved though the counters did not show it: the side looks at
+    its ranges, then reads the written rows in them (range proof) or, its digests having read
+    every row, streams in full; the progress still adds up to both sides' rows, once."""
     decl = cached_then_scattered()
     claim_current_counters(range_cache, 1, "default")
+    if not proof:
+        break_records_mark(range_cache, 1)
     counted: list[int] = []
     lock = threading.Lock()
 
@@ -592,7 +675,7 @@ def test_range_cache__progress_counts_each_row_once_when_the_digests_fall_back(
     findings, stats = audit(decl, cache_key=decl.name, progress=progress)
 
     assert len(findings) == 80
-    assert stats.strategy == "cached+ranges+stream"
+    assert stats.strategy == ("cached+ranges+delta" if proof else "cached+ranges+stream")
     assert sum(counted) == 4000
 
 
