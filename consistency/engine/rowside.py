@@ -230,21 +230,22 @@ class RowSide:
 
     def delta_sql(self, start: int, end: int | None, written: str, kept: bool) -> str:
         """One TID range's rows ``written`` (a condition) since the range cache's records, as
-        (fingerprints, TIDs) blobs; with ``kept``, a third blob: the TIDs of the other rows,
-        the records' rows still there. No row but a written one is hashed."""
+        (fingerprints, TIDs) blobs; with ``kept``, its row count first and a third blob: the
+        TIDs of the other rows, the records' rows still there. No row but a written one is
+        hashed."""
         where = self.range_where(start, end)
         if not kept:
             return self.packed_sql(f"{where} AND {written}")
         tid = f"tidsend({self.table}.ctid)"
         return (
-            f"SELECT string_agg(int8send({self.fp_sql()}), ''::bytea) FILTER (WHERE {written}),"
+            f"SELECT count(*), string_agg(int8send({self.fp_sql()}), ''::bytea) FILTER (WHERE {written}),"
             f" string_agg({tid}, ''::bytea) FILTER (WHERE {written}),"
             f" string_agg({tid}, ''::bytea) FILTER (WHERE NOT ({written}))"
             f" FROM {self.table}{where}"
         )
 
-    def delta_unit(self, sql: str) -> tuple[np.ndarray, bytes, bytes | None]:
-        """Run ``delta_sql``: (written fingerprints, their TIDs, the kept TIDs or None)."""
+    def delta_unit(self, sql: str) -> Delta:
+        """Run ``delta_sql``."""
         import numpy as np
 
         self.connection.ensure_connection()
@@ -253,8 +254,10 @@ class RowSide:
             row = cursor.fetchone()
         if row is None:  # (an aggregate always answers one row)
             raise RuntimeError(f"{self.label}: no answer to a range delta")
-        written = np.frombuffer(row[0] or b"", dtype=">i8").astype(np.int64)
-        return written, bytes(row[1] or b""), bytes(row[2] or b"") if len(row) > 2 else None
+        rows, *blobs = row if len(row) == 4 else (None, *row, None)
+        written = np.frombuffer(blobs[0] or b"", dtype=">i8").astype(np.int64)
+        kept = None if rows is None else bytes(blobs[2] or b"")
+        return Delta(None if rows is None else int(rows), written, bytes(blobs[1] or b""), kept)
 
     def packed_sql(self, where: str = "", tail: str = "") -> str:
         """The (fingerprint, TID) blobs of the rows matching ``where`` (`` WHERE ...``), for
@@ -453,6 +456,17 @@ class RowSide:
 
 
 ProgressFn = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class Delta:
+    """A TID range's rows written since the range cache's records (``RowSide.delta_sql``): the
+    range's row count and the kept rows' TIDs when asked for, else None."""
+
+    rows: int | None
+    fps: np.ndarray
+    tids: bytes
+    kept: bytes | None
 
 
 @dataclass(frozen=True)

@@ -473,10 +473,10 @@ def deltas_read(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int, bool]]:
     read: list[tuple[str, int, bool]] = []
     real = rowside.RowSide.delta_unit
 
-    def counted(self: rowside.RowSide, sql: str) -> Any:
-        fps, tids, kept = real(self, sql)
-        read.append((self.alias, len(fps), kept is not None))
-        return fps, tids, kept
+    def counted(self: rowside.RowSide, sql: str) -> rowside.Delta:
+        delta = real(self, sql)
+        read.append((self.alias, len(delta.fps), delta.kept is not None))
+        return delta
 
     monkeypatch.setattr(rowside.RowSide, "delta_unit", counted)
     return read
@@ -613,16 +613,23 @@ def test_range_cache__scattered_writes_stream_the_side_without_reading_digests(
     assert stats.strategy == ("cached+ranges+delta" if proof else "cached+stream")
     assert digests == []
     assert sum(rows for _, rows, _ in deltas) == (len(SCATTERED) if proof else 0)
+    # One pass over the ranges (counted, written rows hashed, kept TIDs at once), no counting pass.
+    assert all(kept for _, _, kept in deltas)
+    again, again_stats = audit(decl, cache_key=decl.name)
+    assert (kinds(again), again_stats.strategy) == (kinds(findings), "cached")
+    assert (again_stats.candidates, again_stats.extra.get("stale_cache")) == (len(SCATTERED), None)
 
 
 def test_range_cache__a_side_mostly_rewritten_streams_in_full(
     tables: None, range_cache: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """When most of a side's rows were written since its records, hashing them in the ranges
-    costs as much as a full stream, which then reads the side instead."""
+    costs as much as a full stream, which then reads the side instead (once the counting pass
+    has shown it: the counters, lagging here, did not)."""
     decl = audited_clean()
     IntRow.objects.using("default").filter(id__gt=900).update(name="drifted")
     flush_stats()
+    claim_current_counters(range_cache, 1, "default")
     deltas = deltas_read(monkeypatch)
 
     findings, stats = audit(decl, cache_key=decl.name)
@@ -634,9 +641,10 @@ def test_range_cache__a_side_mostly_rewritten_streams_in_full(
 def test_range_cache__many_writes_in_a_few_ranges_stream_only_those(
     tables: None, range_cache: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """200 updates would move every range were they spread; they are the table's first rows,
-    so the range proof finds a few ranges moved (the rows' old pages, the pages their new
-    versions went to), only those are read, and in them only the 200 rows written are hashed."""
+    """200 updates would move every range were they spread; they are the table's first rows.
+    With counters that show them (one pass over the ranges) or that lag (a counting pass, then
+    the few moved ranges: the rows' old pages, the pages their new versions went to), only the
+    200 rows written are hashed, and nothing is streamed."""
     decl = audited_clean()
     IntRow.objects.using("default").filter(id__lte=200).update(name="drifted")
     flush_stats()
@@ -647,10 +655,21 @@ def test_range_cache__many_writes_in_a_few_ranges_stream_only_those(
 
     assert kinds(findings) == {"mismatch": {str(i) for i in range(1, 201)}}
     assert stats.strategy == "cached+ranges+delta"
+    assert {alias for alias, _, _ in deltas} == {"default"}
+    assert (sum(rows for _, rows, _ in deltas), streamed) == (200, [])
     (index,) = range_cache.glob("*/1-*/index.json")
     ranges = len(json.loads(index.read_text())["records"]["units"])
+    assert len(deltas) == ranges  # the one pass
+
+    IntRow.objects.using("default").filter(id__lte=200).update(name="drifted again")
+    flush_stats()
+    claim_current_counters(range_cache, 1, "default")
+    deltas.clear()
+    findings, stats = audit(decl, cache_key=decl.name)
+
+    assert kinds(findings) == {"mismatch": {str(i) for i in range(1, 201)}}
+    assert stats.strategy == "cached+ranges+delta"
     assert 0 < len(deltas) * 4 <= ranges  # a quarter of the ranges at most
-    assert {alias for alias, _, _ in deltas} == {"default"}
     assert (sum(rows for _, rows, _ in deltas), streamed) == (200, [])
 
 
