@@ -31,10 +31,20 @@ totals, proven or aggregated, match theirs. Otherwise it tells which ranges move
 proof, range by range, when the records' mark is on this history (each range's rows and those
 written since the mark, no row hashed: a range with none written and its old count holds the
 very row versions, at the very TIDs, it held), else by each range's (rows, digest), one hashing
-scan of the side. Only the moved ranges are streamed: the side's IBLT is the cached one minus
-those ranges' old records plus their new ones, and the records are rewritten with the new
-ranges in place. Ranges whose digest did not move are taken as they were (a 64-bit XOR and a
-count, the same trust the plain aggregate pass puts in one digest of the whole table).
+scan of the side. Told by the proof, a moved range is brought up to date from its *delta*:
+only the rows written since the mark are hashed and sent, with, when some of the records' rows
+are gone, the TIDs of the rows kept (no hashing); the records at other TIDs are the ones gone
+(``rowdiff._delta``). Where the write counters show writes spread over most ranges, counting
+and delta are one pass over the ranges. Told by the digests, a moved range is streamed whole.
+The side's IBLT is the cached one minus the gone records plus the new ones, and the records
+are rewritten with the new ranges in place. Ranges whose digest did not move are taken as they
+were (a 64-bit XOR and a count, the same trust the plain aggregate pass puts in one digest of
+the whole table).
+
+Equal totals alone do not make the records usable: a side rewritten with its own values (an
+undo, a no-op update) keeps its totals at new TIDs. Where marks are read, the records are taken
+on equal totals only while they are *current*, written at the summary's mark or moved on with
+it by proofs (``records_current``); otherwise the ranges are looked at.
 
 Both keep the table's write counters (``pg_stat_get_tuples_inserted``, ``_updated``,
 ``_deleted``) as they were. They only choose the path: when they moved, the whole-side proof is

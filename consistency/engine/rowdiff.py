@@ -483,12 +483,12 @@ def _cached_side(
     """A side with a valid range cache: when its totals match the records' (strategy
     ``cached``), the records are the scan. The totals are the first pass's when it took them,
     else the summary's when the side is proven unchanged since, else, when the write counters
-    have not moved, one aggregate. Otherwise each range is looked at (proven from its rows'
-    xmin when the records' mark allows, else its digest), and only the ranges that moved are
-    streamed. ``mark``: this scan's snapshot, for the summary and records it leaves.
+    have not moved, one aggregate; and, where marks are read, only records current at the
+    summary's mark are taken so. Otherwise each range is looked at (``_look_at_ranges``) and
+    only the ranges that moved are brought up to date. ``mark``: this scan's snapshot, for the
+    summary and records it leaves.
 
-    None when more than half of the ranges moved (a full scan costs less than the partial
-    update).
+    None when a full scan costs less than the partial update.
     """
     from consistency.engine.rangecache import Unit
 
