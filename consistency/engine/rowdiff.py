@@ -234,20 +234,16 @@ class Spill:
         self.rows = rows
 
     def segment(self, offset: int, rows: int) -> np.ndarray:
-        """The fingerprints of records ``offset`` to ``offset + rows``."""
+        """The fingerprints of records ``offset`` to ``offset + rows`` (by ``pread``: several
+        threads may read one spill at once, and the write position stays where it was)."""
         import numpy as np
 
-        self.fps.seek(offset * 8)
-        return np.frombuffer(self.fps.read(rows * 8), dtype="<i8")
+        return np.frombuffer(os.pread(self.fps.fileno(), rows * 8, offset * 8), dtype="<i8")
 
     def read(self, offset: int, rows: int) -> tuple[np.ndarray, bytes]:
-        """Records ``offset`` to ``offset + rows``: (fingerprints, locators), by ``pread``, so
-        that several threads may read one spill at once."""
-        import numpy as np
-
-        fps = os.pread(self.fps.fileno(), rows * 8, offset * 8)
+        """Records ``offset`` to ``offset + rows``: (fingerprints, locators)."""
         size = self.locator_size
-        return np.frombuffer(fps, dtype="<i8"), os.pread(self.locators.fileno(), rows * size, offset * size)
+        return self.segment(offset, rows), os.pread(self.locators.fileno(), rows * size, offset * size)
 
     def write(self, fps: np.ndarray, locators: bytes) -> None:
         self.fps.write(fps.astype("<i8", copy=False).tobytes())
@@ -594,7 +590,6 @@ def _look_at_ranges(
     units = cache.units
     everything = list(range(len(plan.units)))
     moved: set[int] = set()
-    lock = threading.Lock()
 
     def stream(part: _Part, number: int, sql: str, params: list[Any]) -> None:
         part.add(side.stream_unit(sql, params), None, number)
@@ -632,8 +627,7 @@ def _look_at_ranges(
             delta = side.delta_unit(side.delta_sql(start, end, cond, kept=True))
             part.digests[number] = counts[number] = (int(delta.rows or 0), len(delta.fps))
             if counts[number] != (units[number].rows, 0):
-                with lock:
-                    moved.add(number)
+                moved.add(number)  # (one bytecode: the GIL makes it atomic)
                 update(part, number, sql, params, delta)
 
         _run(side, plan, parts, everything, sweep)
